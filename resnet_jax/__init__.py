@@ -1,0 +1,12 @@
+"""resnet-jax: ResNet (He et al. 2015) in JAX and Flax linen."""
+
+from resnet_jax.models import BottleneckBlock, ResidualBlock, ResNet
+from resnet_jax.registry import available_models, create_model
+
+__all__ = [
+    "BottleneckBlock",
+    "ResNet",
+    "ResidualBlock",
+    "available_models",
+    "create_model",
+]
