@@ -235,9 +235,7 @@ def _check_config(m: ResNet) -> None:
         except TypeError:
             floating = False
         if not floating:
-            raise ValueError(
-                f"{field} must be a floating dtype (float32, bfloat16, float16), got {value!r}"
-            )
+            raise ValueError(f"{field} must be a floating dtype (float32, bfloat16, float16), got {value!r}")
     if len(m.stage_sizes) != len(m.stage_widths) or any(n < 1 for n in m.stage_sizes):
         raise ValueError(
             f"stage_sizes {tuple(m.stage_sizes)} and stage_widths {tuple(m.stage_widths)} must have "

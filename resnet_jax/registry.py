@@ -33,7 +33,9 @@ for _n in (3, 5, 7, 9, 18, 200):
     )
 
 _OVERRIDABLE = tuple(
-    f.name for f in dataclasses.fields(ResNet) if f.name not in ("parent", "name", "stage_sizes", "stage_widths")
+    f.name
+    for f in dataclasses.fields(ResNet)
+    if f.name not in ("parent", "name", "stage_sizes", "stage_widths")
 )
 
 
@@ -59,7 +61,9 @@ def create_model(name: str, *, num_classes: int | None = None, **overrides) -> R
         raise ValueError(f"unknown model {name!r}; available: {', '.join(_MODELS)}")
     unknown = sorted(set(overrides) - set(_OVERRIDABLE))
     if unknown:
-        raise ValueError(f"unknown option(s) {', '.join(unknown)} for {name}; valid: {', '.join(_OVERRIDABLE)}")
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for {name}; valid: {', '.join(_OVERRIDABLE)}"
+        )
     if num_classes is not None:
         overrides["num_classes"] = num_classes
     return _MODELS[name](**overrides)

@@ -1,0 +1,315 @@
+"""The model family against published references: parameter counts, shapes, BatchNorm semantics."""
+
+import subprocess
+import sys
+
+import chex
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import resnet_jax
+from resnet_jax import ResidualBlock, create_model
+from resnet_jax.summary import count_params
+
+IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+CIFAR = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202"]
+
+# torchvision's model cards (1000 classes) and the paper's CIFAR nets (Table 6 "0.27M" etc., exact counts
+# as in torchvision-style counting: conv kernels + BN scale/bias + head weight/bias).
+REFERENCE_COUNTS = {
+    ("resnet18", None): 11_689_512,
+    ("resnet34", None): 21_797_672,
+    ("resnet50", None): 25_557_032,
+    ("resnet101", None): 44_549_160,
+    ("resnet152", None): 60_192_808,
+    ("resnet34", 10): 21_289_802,
+    ("resnet50", 10): 23_528_522,
+    ("resnet20", None): 269_722,
+    ("resnet32", None): 464_154,
+    ("resnet44", None): 658_586,
+    ("resnet56", None): 853_018,
+    ("resnet110", None): 1_727_962,
+    ("resnet1202", None): 19_421_274,
+}
+
+
+def _abstract_init(model, size=32, batch=1):
+    x = jnp.zeros((batch, size, size, 3))
+    return jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+
+
+def _init(model, size=32, batch=2, seed=0):
+    x = jnp.zeros((batch, size, size, 3))
+    return model.init(jax.random.key(seed), x, train=False)
+
+
+def _images(batch=4, size=32, seed=1):
+    return jax.random.normal(jax.random.key(seed), (batch, size, size, 3))
+
+
+@pytest.mark.parametrize(("name", "num_classes"), list(REFERENCE_COUNTS))
+def test_parameter_counts_equal_references(name, num_classes):
+    variables = _abstract_init(create_model(name, num_classes=num_classes))
+    assert count_params(variables) == REFERENCE_COUNTS[(name, num_classes)]
+
+
+def test_available_models_lists_both_families():
+    assert resnet_jax.available_models() == IMAGENET + CIFAR
+
+
+@pytest.mark.parametrize("name", IMAGENET + CIFAR)
+def test_output_shapes_32(name):
+    model = create_model(name, num_classes=7)
+    logits = jax.eval_shape(
+        lambda: model.init_with_output(jax.random.key(0), jnp.zeros((3, 32, 32, 3)), train=False)[0]
+    )
+    assert logits.shape == (3, 7) and logits.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("name", IMAGENET)
+def test_output_and_feature_shapes_224(name):
+    model = create_model(name)
+    (logits, feats), _ = jax.eval_shape(
+        lambda: model.init_with_output(
+            jax.random.key(0), jnp.zeros((2, 224, 224, 3)), train=False, return_features=True
+        )
+    )
+    assert logits.shape == (2, 1000)
+    c = 1 if name in ("resnet18", "resnet34") else 4
+    assert feats["stem"].shape == (2, 56, 56, 64)
+    assert feats["stage1"].shape == (2, 56, 56, 64 * c)
+    assert feats["stage2"].shape == (2, 28, 28, 128 * c)
+    assert feats["stage3"].shape == (2, 14, 14, 256 * c)
+    assert feats["stage4"].shape == (2, 7, 7, 512 * c)
+    assert feats["pooled"].shape == (2, 512 * c)
+
+
+def test_cifar_family_feature_shapes_and_real_forward():
+    model = create_model("resnet20")
+    variables = _init(model)
+    logits, feats = model.apply(variables, _images(), train=False, return_features=True)
+    assert [feats[k].shape for k in ("stem", "stage1", "stage2", "stage3", "pooled")] == [
+        (4, 32, 32, 16),
+        (4, 32, 32, 16),
+        (4, 16, 16, 32),
+        (4, 8, 8, 64),
+        (4, 64),
+    ]
+    chex.assert_tree_all_finite(logits)
+    # The head is applied to the pooled features.
+    head = variables["params"]["head"]
+    np.testing.assert_allclose(logits, feats["pooled"] @ head["kernel"] + head["bias"], rtol=1e-5, atol=1e-5)
+
+
+def test_cifar_stem_option_on_imagenet_family():
+    model = create_model("resnet18", num_classes=10, cifar_stem=True)
+    variables = _abstract_init(model)
+    assert variables["params"]["stem_conv"]["kernel"].shape == (3, 3, 3, 64)
+    (_, feats), _ = jax.eval_shape(
+        lambda: model.init_with_output(
+            jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False, return_features=True
+        )
+    )
+    assert feats["stem"].shape == (1, 32, 32, 64) and feats["stage4"].shape == (1, 4, 4, 512)
+
+
+def test_submodule_names_are_stable():
+    params = _abstract_init(create_model("resnet50"))["params"]
+    assert {"stem_conv", "stem_bn", "head"} <= set(params)
+    assert set(params["stage2_block0"]) == {
+        "conv1",
+        "bn1",
+        "conv2",
+        "bn2",
+        "conv3",
+        "bn3",
+        "shortcut_conv",
+        "shortcut_bn",
+    }
+    assert set(params["stage2_block1"]) == {"conv1", "bn1", "conv2", "bn2", "conv3", "bn3"}
+    assert "stage4_block2" in params and "stage4_block3" not in params
+    assert "bias" not in params["stage1_block0"]["conv1"]  # conv before BN: no bias
+
+
+def test_option_a_has_no_shortcut_parameters_and_option_b_has():
+    a = _abstract_init(create_model("resnet20"))["params"]
+    assert not [
+        p for p in jax.tree_util.tree_flatten_with_path(a)[0] if "shortcut" in jax.tree_util.keystr(p[0])
+    ]
+    b = _abstract_init(create_model("resnet20", shortcut="projection"))["params"]
+    assert set(b["stage2_block0"]) >= {"shortcut_conv", "shortcut_bn"}
+    assert b["stage2_block0"]["shortcut_conv"]["kernel"].shape == (1, 1, 16, 32)
+    assert "shortcut_conv" not in b["stage1_block0"]  # identity where shapes match
+
+
+@pytest.mark.parametrize("shortcut", ["zero_pad", "projection"])
+def test_shortcut_semantics_with_zeroed_residual_branch(shortcut):
+    # With the last BN scale at zero the residual branch outputs exactly zero, so the block is
+    # relu(shortcut(x)): option A must be stride-2 subsampling with zero channels appended.
+    block = ResidualBlock(8, stride=2, shortcut=shortcut, zero_init_last_bn=True)
+    x = jnp.abs(_images(2, 6))
+    variables = block.init(jax.random.key(0), x, train=False)
+    y = block.apply(variables, x, train=False)
+    assert y.shape == (2, 3, 3, 8)
+    if shortcut == "zero_pad":
+        np.testing.assert_array_equal(y[..., :3], x[:, ::2, ::2, :])
+        np.testing.assert_array_equal(y[..., 3:], 0.0)
+        assert "shortcut_conv" not in variables["params"]
+    else:
+        kernel = variables["params"]["shortcut_conv"]["kernel"][0, 0]
+        expected = jax.nn.relu((x[:, ::2, ::2, :] @ kernel) / jnp.sqrt(1 + 1e-5))
+        np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_zero_pad_cannot_reduce_channels():
+    block = ResidualBlock(2, stride=1, shortcut="zero_pad")
+    with pytest.raises(ValueError, match="cannot reduce channels"):
+        block.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)), train=False)
+
+
+@pytest.mark.parametrize(("stride_in_1x1", "conv1_hw", "conv2_hw"), [(False, 8, 4), (True, 4, 4)])
+def test_bottleneck_stride_placement(stride_in_1x1, conv1_hw, conv2_hw):
+    model = create_model("resnet50", stride_in_1x1=stride_in_1x1)
+    x = jnp.zeros((1, 32, 32, 3))
+    variables = _init(model, batch=1)
+    _, state = model.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+    block = state["intermediates"]["stage2_block0"]
+    assert block["conv1"]["__call__"][0].shape[1] == conv1_hw
+    assert block["conv2"]["__call__"][0].shape[1] == conv2_hw
+
+
+def test_train_mode_updates_batch_stats_with_pytorch_momentum():
+    model = create_model("resnet20")
+    variables = _init(model)
+    x = _images()
+    _, inter = model.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    stats = updates["batch_stats"]
+    assert not jax.tree.all(jax.tree.map(jnp.array_equal, stats, variables["batch_stats"]))
+    # PyTorch momentum 0.1 == Flax 0.9: new running mean = 0.9 * 0 + 0.1 * batch mean.
+    stem_out = inter["intermediates"]["stem_conv"]["__call__"][0]
+    np.testing.assert_allclose(stats["stem_bn"]["mean"], 0.1 * stem_out.mean(axis=(0, 1, 2)), atol=1e-6)
+
+
+def test_eval_mode_uses_running_stats_changes_nothing_and_is_deterministic():
+    model = create_model("resnet20")
+    variables = _init(model)
+    x = _images()
+    logits, updates = model.apply(variables, x, train=False, mutable=["batch_stats"])
+    chex.assert_trees_all_equal(updates["batch_stats"], variables["batch_stats"])
+    np.testing.assert_array_equal(logits, model.apply(variables, x, train=False))
+    # Running statistics: an example's logits do not depend on the rest of the batch.
+    np.testing.assert_allclose(model.apply(variables, x[:1], train=False), logits[:1], rtol=1e-5, atol=1e-6)
+    train_logits, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert not np.allclose(train_logits, logits)
+
+
+def test_train_is_keyword_only_and_required():
+    model = create_model("resnet20")
+    variables = _init(model)
+    with pytest.raises(TypeError):
+        model.apply(variables, _images())
+    with pytest.raises(TypeError):
+        model.apply(variables, _images(), True)
+    with pytest.raises(flax.errors.ModifyScopeVariableError):
+        model.apply(variables, _images(), train=True)  # train mode must be given a mutable batch_stats
+
+
+def test_jit_and_eager_agree():
+    model = create_model("resnet20")
+    variables = _init(model)
+    x = _images()
+    eager = model.apply(variables, x, train=False)
+    jitted = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+    np.testing.assert_allclose(eager, jitted, rtol=1e-5, atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_state_and_logits():
+    f32 = create_model("resnet20")
+    bf16 = create_model("resnet20", dtype=jnp.bfloat16)
+    variables = _init(f32)
+    x = _images()
+    logits, updates = bf16.apply(variables, x, train=True, mutable=["batch_stats"])
+    assert logits.dtype == jnp.float32
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(updates["batch_stats"]))
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(_init(bf16)["params"]))
+    ref, _ = f32.apply(variables, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(logits, ref, atol=0.1 * float(jnp.abs(ref).max()) + 0.05)
+    grads = jax.grad(lambda p: bf16.apply({**variables, "params": p}, x, train=False).sum())(
+        variables["params"]
+    )
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+
+
+def test_bn_and_bias_options_reach_the_layers():
+    model = create_model("resnet50", bn_momentum=0.99, bn_epsilon=0.5, conv_bias=True)
+    params = _abstract_init(model)["params"]
+    assert params["stage1_block0"]["conv1"]["bias"].shape == (64,)
+    assert params["stage3_block0"]["shortcut_conv"]["bias"].shape == (1024,)
+    variables = _init(model, batch=1)
+    x = _images(2)
+    _, inter = model.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
+    conv_out = inter["intermediates"]["stem_conv"]["__call__"][0]
+    bn_out = inter["intermediates"]["stem_bn"]["__call__"][0]
+    # Fresh running stats (mean 0, var 1): eval-mode BN is x / sqrt(1 + epsilon).
+    np.testing.assert_allclose(bn_out, conv_out / np.sqrt(1.5), rtol=1e-5, atol=1e-6)
+    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    np.testing.assert_allclose(
+        updates["batch_stats"]["stem_bn"]["mean"], 0.01 * conv_out.mean(axis=(0, 1, 2)), atol=1e-6
+    )
+
+
+def test_zero_init_last_bn():
+    params = _init(create_model("resnet18", zero_init_last_bn=True))["params"]
+    assert not params["stage1_block0"]["bn2"]["scale"].any()
+    assert params["stage1_block0"]["bn1"]["scale"].all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(name="resnet19"), "unknown model 'resnet19'; available: resnet18"),
+        (dict(name="resnet50", num_classes=0), "num_classes must be a positive integer, got 0"),
+        (dict(name="resnet50", num_classes=-3), "got -3"),
+        (dict(name="resnet50", num_classes=2.5), "got 2.5"),
+        (dict(name="resnet20", shortcut="C"), "unknown shortcut 'C'; valid: projection, zero_pad"),
+        (dict(name="resnet20", dtype=jnp.int32), "dtype must be a floating dtype"),
+        (dict(name="resnet20", param_dtype="int8"), "param_dtype must be a floating dtype"),
+        (dict(name="resnet20", dtype="no-such-type"), "dtype must be a floating dtype"),
+        (dict(name="resnet20", widths=3), "unknown option.*widths.*valid: block, num_classes"),
+        (dict(name="resnet20", bn_momentum=1.5), "bn_momentum must be in"),
+    ],
+)
+def test_bad_arguments_raise_clear_value_errors(kwargs, message):
+    name = kwargs.pop("name")
+    with pytest.raises(ValueError, match=message):
+        create_model(name, **kwargs)
+
+
+def test_import_does_not_pull_tensorflow_or_torch():
+    code = (
+        "import sys, resnet_jax; bad = [m for m in ('tensorflow', 'torch') if m in sys.modules]; print(bad)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_summary_cli_ends_with_reference_total():
+    cmd = [
+        sys.executable,
+        "-m",
+        "resnet_jax.summary",
+        "resnet50",
+        "--num-classes",
+        "10",
+        "--image-size",
+        "224",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    assert "stage4_block2" in out
+    assert out.rstrip().splitlines()[-1] == "Trainable parameters: 23,528,522"
+    bad = subprocess.run([*cmd[:3], "resnet51"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown model 'resnet51'" in bad.stderr
