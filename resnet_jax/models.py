@@ -20,7 +20,6 @@ import jax
 import jax.numpy as jnp
 
 SHORTCUTS = ("projection", "zero_pad")
-FEATURE_KEYS_DOC = "stem, stage1.., pooled"
 
 Dtype = Any
 
