@@ -1,0 +1,20 @@
+"""Import ImageNet-trained ResNet weights from torchvision and Keras applications.
+
+    model, variables = resnet_jax.convert.from_torchvision(state_dict, "resnet50")
+    model, variables = resnet_jax.convert.from_keras(keras.applications.ResNet50())
+    logits = model.apply(variables, images_nhwc, train=False)
+
+Each returned model computes the same function as its eval-mode source. The sources expect
+different input preprocessing, recorded in each module's `PREPROCESS` spec:
+
+  torchvision: RGB in [0, 1], then (x - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)
+  Keras:       "caffe": RGB in [0, 255] flipped to BGR, minus (103.939, 116.779, 123.68)
+
+`python -m resnet_jax.convert --help` writes either as an orbax checkpoint. Neither torch nor Keras
+is imported by this package; they are needed only to read their weight files.
+"""
+
+from resnet_jax.convert.keras import from_keras
+from resnet_jax.convert.torchvision import from_torchvision
+
+__all__ = ["from_keras", "from_torchvision"]

@@ -1,0 +1,96 @@
+"""Shared machinery: fill a Flax ResNet's variables from a flat {name: array} dict of another framework.
+
+Each converter supplies `source_key(path)`, which names the source entry for one Flax variable and
+says how to permute its axes. Checking every Flax variable against the source in one pass lets the
+error list all missing, unexpected and mis-shaped entries at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from resnet_jax.models import ResNet
+
+# A Flax variable path, e.g. ('params', 'stage1_block0', 'conv1', 'kernel').
+Path = tuple[str, ...]
+# Source entry name and the axis permutation taking the source array to the Flax layout (None: as is).
+SourceKey = tuple[str, tuple[int, ...] | None]
+
+
+def to_numpy(value: Any) -> np.ndarray:
+    """A float32 numpy copy of a torch tensor, a Keras variable or anything array-like."""
+    if hasattr(value, "detach"):  # torch.Tensor; .float() first because numpy has no bfloat16
+        value = value.detach().cpu().float().numpy()
+    elif hasattr(value, "numpy") and not isinstance(value, np.ndarray):  # Keras / TF variables
+        value = value.numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def variable_shapes(model: ResNet) -> dict[Path, tuple[int, ...]]:
+    """Shapes of every variable of `model`, keyed by flattened path, without allocating them."""
+    x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+    abstract = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x)
+    return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(abstract).items()}
+
+
+def _source_shape(flax_shape: tuple[int, ...], perm: tuple[int, ...] | None) -> tuple[int, ...]:
+    # np.transpose(src, perm) has shape src.shape[perm[i]] at axis i; invert that.
+    if perm is None:
+        return flax_shape
+    shape = [0] * len(perm)
+    for i, axis in enumerate(perm):
+        shape[axis] = flax_shape[i]
+    return tuple(shape)
+
+
+def assemble_variables(
+    model: ResNet,
+    source: Mapping[str, np.ndarray],
+    source_key: Callable[[Path], SourceKey],
+    *,
+    what: str,
+    ignored: Iterable[str] = (),
+    hint: str = "",
+) -> dict[str, Any]:
+    """Builds `{'params', 'batch_stats'}` for `model` from `source`, checking names and shapes.
+
+    Args:
+      model: the Flax ResNet the variables are for.
+      source: flat mapping of source entry name -> float32 numpy array.
+      source_key: maps a Flax variable path to (source name, axis permutation or None).
+      what: describes the source in the error message, e.g. "torchvision resnet50 state dict".
+      ignored: source names with no Flax counterpart that are dropped silently.
+      hint: appended to the error message (e.g. which architecture the keys look like).
+
+    Raises:
+      ValueError: listing every missing, unexpected and mis-shaped entry (with both shapes).
+    """
+    flat, missing, misshaped = {}, [], []
+    used = set(ignored)
+    for path, shape in variable_shapes(model).items():
+        name, perm = source_key(path)
+        used.add(name)
+        if name not in source:
+            missing.append(f"  {name}  (expected shape {_source_shape(shape, perm)})")
+            continue
+        array = source[name]
+        want = _source_shape(shape, perm)
+        if tuple(array.shape) != want:
+            misshaped.append(f"  {name}: got shape {tuple(array.shape)}, expected {want}")
+            continue
+        flat[path] = jnp.asarray(array if perm is None else np.transpose(array, perm), jnp.float32)
+    unexpected = [f"  {name}  (shape {tuple(source[name].shape)})" for name in source if name not in used]
+    if missing or unexpected or misshaped:
+        counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped"
+        lines = [f"{what} does not fit the model ({counts}):"]
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if items:
+                lines += [f"{label}:", *items]
+        raise ValueError("\n".join(lines + ([hint] if hint else [])))
+    return traverse_util.unflatten_dict(flat)
