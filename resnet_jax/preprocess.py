@@ -1,0 +1,97 @@
+"""Preprocess specs: how a checkpoint's model expects uint8 RGB images to be normalised.
+
+A spec is a JSON-able dict stored in every checkpoint's `meta`:
+
+  {"kind": "mean_std", "mean": [r, g, b], "std": [r, g, b]}   x = (img / 255 - mean) / std
+  {"kind": "caffe", "mean_bgr": [b, g, r]}                     x = img[..., ::-1] - mean_bgr
+
+`mean_std` is torchvision's and this project's convention; `caffe` is Keras' ResNet50
+`preprocess_input` (channels flipped to BGR, per-channel mean subtracted, no scaling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+PREPROCESS_KINDS = ("mean_std", "caffe")
+
+# torchvision's ImageNet weights (and Normalize in its reference training recipe).
+IMAGENET_MEAN_STD = {"kind": "mean_std", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+# Keras applications' ResNet50/101/152 (`preprocess_input(mode='caffe')`).
+CAFFE = {"kind": "caffe", "mean_bgr": [103.939, 116.779, 123.68]}
+
+_FIELDS = {"mean_std": ("mean", "std"), "caffe": ("mean_bgr",)}
+
+
+def validate_preprocess(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """Checks a preprocess spec and returns it as a plain dict of tuples (hashable values).
+
+    Args:
+      spec: a dict as described in the module docstring.
+
+    Raises:
+      ValueError: naming the bad kind or field and the expected form.
+    """
+    if not isinstance(spec, Mapping) or spec.get("kind") not in PREPROCESS_KINDS:
+        raise ValueError(
+            f"preprocess spec must be a dict with 'kind' in {PREPROCESS_KINDS}, got {spec!r}; e.g. "
+            f"{IMAGENET_MEAN_STD} or {CAFFE}"
+        )
+    kind = spec["kind"]
+    fields = _FIELDS[kind]
+    extra = sorted(set(spec) - {"kind", *fields})
+    if extra:
+        raise ValueError(f"unknown field(s) {extra} in {kind!r} preprocess spec; expected {fields}")
+    out: dict[str, Any] = {"kind": kind}
+    for field in fields:
+        value = spec.get(field)
+        try:
+            values = tuple(float(v) for v in value)
+        except TypeError:
+            values = ()
+        if len(values) != 3 or not all(np.isfinite(values)):
+            raise ValueError(f"{kind!r} preprocess spec needs {field!r}: 3 finite numbers, got {value!r}")
+        if field == "std" and min(values) <= 0:
+            raise ValueError(f"'mean_std' preprocess spec needs a positive std, got {value!r}")
+        out[field] = values
+    return out
+
+
+def preprocess_images(images: jax.Array | np.ndarray, spec: Mapping[str, Any]) -> jax.Array:
+    """Normalises a batch of RGB images the way a checkpoint's model expects.
+
+    Works on host arrays and inside `jax.jit`.
+
+    Args:
+      images: NHWC with 3 channels (RGB). uint8 images are raw pixels (0-255) and are normalised by
+        `spec`. Floating images are taken as already normalised (the way training normalised them)
+        and are only cast to float32; normalise float pixels in 0-255 by casting them to uint8 first.
+      spec: a preprocess spec (see the module docstring).
+
+    Returns:
+      float32 images of the same shape.
+
+    Raises:
+      ValueError: for a bad spec, a shape that is not (N, H, W, 3), or a non-uint8 integer dtype.
+    """
+    spec = validate_preprocess(spec)
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must be NHWC RGB with shape (batch, height, width, 3), got {images.shape}")
+    dtype = jnp.dtype(images.dtype)
+    if jnp.issubdtype(dtype, jnp.floating):
+        return jnp.asarray(images, jnp.float32)
+    if dtype != jnp.uint8:
+        raise ValueError(
+            f"images must be uint8 (raw pixels 0-255) or floating (already normalised), got {dtype}"
+        )
+    x = jnp.asarray(images, jnp.float32)
+    if spec["kind"] == "mean_std":
+        mean = jnp.asarray(spec["mean"], jnp.float32)
+        std = jnp.asarray(spec["std"], jnp.float32)
+        return (x / 255.0 - mean) / std
+    return x[..., ::-1] - jnp.asarray(spec["mean_bgr"], jnp.float32)
