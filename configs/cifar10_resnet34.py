@@ -1,0 +1,20 @@
+"""ResNet-34 (ImageNet layout with a 3x3 CIFAR stem, as the seed article trains it) on CIFAR-10.
+
+Cosine schedule with warm-up, 100 epochs, batch 128.
+"""
+
+from configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.model = "resnet34"
+    c.model_kwargs.cifar_stem = True
+    c.schedule = "cosine"
+    c.warmup_steps = 1_000
+    c.num_train_steps = -1
+    c.num_epochs = 100.0
+    c.weight_decay = 5e-4
+    c.eval_every_steps = 3_900
+    c.checkpoint_every_steps = 3_900
+    return c

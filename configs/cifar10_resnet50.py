@@ -1,0 +1,21 @@
+"""ResNet-50 (bottleneck, ImageNet layout with a 3x3 CIFAR stem) on CIFAR-10.
+
+Cosine schedule with warm-up, 100 epochs, batch 128, zero-initialised last BN of each block.
+"""
+
+from configs import default
+
+
+def get_config():
+    c = default.get_config()
+    c.model = "resnet50"
+    c.model_kwargs.cifar_stem = True
+    c.model_kwargs.zero_init_last_bn = True
+    c.schedule = "cosine"
+    c.warmup_steps = 1_000
+    c.num_train_steps = -1
+    c.num_epochs = 100.0
+    c.weight_decay = 5e-4
+    c.eval_every_steps = 3_900
+    c.checkpoint_every_steps = 3_900
+    return c

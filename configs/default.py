@@ -1,0 +1,67 @@
+"""Default hyperparameters: ResNet-20 on CIFAR-10 with the paper's recipe (He et al. 2015, section 4.2).
+
+Every other config starts from `get_config()` here and changes a few fields, so this file is also the
+list of every field the training program accepts (`--config.<field>=value` overrides any of them).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+# Per-channel statistics of the CIFAR-10 training set (the values torchvision recipes use).
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+
+    # Model: a name from resnet_jax.available_models() plus create_model overrides.
+    c.model = "resnet20"
+    c.model_kwargs = ml_collections.ConfigDict()  # e.g. {'zero_init_last_bn': True}
+    c.half_precision = False  # bf16 compute (params, BN statistics and logits stay float32)
+
+    # Data (tensorflow-datasets). data_dir None: $TFDS_DATA_DIR, else ~/tensorflow_datasets.
+    c.dataset = "cifar10"
+    c.data_dir = config_dict.placeholder(str)
+    c.train_split = "train"
+    c.eval_split = "test"
+    c.num_classes = 10
+    # 'mean_std': per-channel (img/255 - mean)/std; 'per_pixel': subtract the training set's mean
+    # image (the paper's "per-pixel mean subtracted"), then divide by the per-channel std.
+    c.normalization = "mean_std"
+    c.mean = CIFAR10_MEAN
+    c.std = CIFAR10_STD
+    c.pad = 4  # pixels of zero padding before the random crop; 0 disables the crop
+    c.flip = True  # random horizontal flips
+
+    # Optimisation: SGD with momentum; the paper's lr 0.1, /10 at 32k and 48k, stop at 64k, batch 128.
+    c.batch_size = 128  # global, over all devices and processes
+    c.eval_batch_size = 1000
+    c.num_train_steps = 64_000  # -1: num_epochs * steps per epoch
+    c.num_epochs = -1.0
+    c.learning_rate = 0.1  # base (peak) learning rate
+    c.schedule = "piecewise"  # piecewise | cosine | onecycle | constant
+    c.lr_boundaries = (32_000, 48_000)  # piecewise: steps where lr is multiplied by lr_decay_factor
+    c.lr_decay_factor = 0.1
+    c.warmup_steps = 0
+    c.warmup = "linear"  # linear (0 -> lr) | constant (warmup_lr, then lr; the paper's ResNet-110)
+    c.warmup_lr = 0.01
+    c.onecycle_pct_start = 0.25  # onecycle: fraction of the steps spent rising to the peak lr
+    c.onecycle_div_factor = 25.0  # onecycle: start lr = peak / div_factor
+    c.onecycle_final_div_factor = 1e4  # onecycle: end lr = start lr / final_div_factor
+    c.momentum = 0.9
+    c.nesterov = False
+    c.weight_decay = 1e-4
+    c.weight_decay_on = "kernels"  # kernels (conv and dense kernels only) | all (every parameter)
+    c.label_smoothing = 0.0
+
+    # Loop, logging, checkpoints.
+    c.seed = 0
+    c.log_every_steps = 100
+    c.eval_every_steps = 2_000  # -1: only at the end
+    c.checkpoint_every_steps = 2_000
+    c.keep_checkpoints = 3  # the latest N; the best by test accuracy is kept as well
+    c.stop_after_steps = -1  # >0: save and stop once this step is reached (simulates preemption)
+    c.progress_bar = True
+    c.distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU)
+    return c

@@ -1,0 +1,43 @@
+"""`python -m train --config configs/cifar10_resnet20.py --workdir DIR [--config.field=value ...]`.
+
+Rerunning the same command on the same DIR resumes from its latest checkpoint.
+"""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, metrics and plots (resumed if it holds a run)."
+)
+flags.mark_flags_as_required(["workdir"])
+config_flags.DEFINE_config_file(
+    "config", None, "Training config file, e.g. configs/cifar10_resnet20.py.", lock_config=True
+)
+flags.mark_flags_as_required(["config"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+    # orbax logs every save at INFO through absl; keep the console to the progress bar and results.
+    logging.set_verbosity(logging.WARNING)
+    import jax
+
+    if FLAGS.config.distributed:
+        jax.distributed.initialize()
+    from train import checkpointing, input_pipeline, train
+
+    try:
+        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (train.ConfigError, input_pipeline.DatasetUnavailableError, checkpointing.CheckpointError) as e:
+        sys.exit(f"error: {e}")
+
+
+if __name__ == "__main__":
+    app.run(main)
