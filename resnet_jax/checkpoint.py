@@ -316,17 +316,10 @@ def save_checkpoint(
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     state = flax.core.unfreeze(dict(variables))
-    meta = {
-        **meta,
-        "preprocess": {
-            k: list(v) if isinstance(v, tuple) else v
-            for k, v in validate_preprocess(meta["preprocess"]).items()
-        },
-    }
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
     checkpointer.save(
         path,
-        ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(dict(meta))),
         force=overwrite,
     )
     return path

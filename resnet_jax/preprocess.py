@@ -3,6 +3,7 @@
 A spec is a JSON-able dict stored in every checkpoint's `meta`:
 
   {"kind": "mean_std", "mean": [r, g, b], "std": [r, g, b]}   x = (img / 255 - mean) / std
+      ("mean" may also be an [H][W][3] per-pixel mean image, the paper's CIFAR normalisation)
   {"kind": "caffe", "mean_bgr": [b, g, r]}                     x = img[..., ::-1] - mean_bgr
 
 `mean_std` is torchvision's and this project's convention; `caffe` is Keras' ResNet50
@@ -39,7 +40,7 @@ def validate_preprocess(spec: Mapping[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(spec, Mapping) or spec.get("kind") not in PREPROCESS_KINDS:
         raise ValueError(
-            f"preprocess spec must be a dict with 'kind' in {PREPROCESS_KINDS}, got {spec!r}; e.g. "
+            f"preprocess spec must be a dict with 'kind' in {PREPROCESS_KINDS}, got {_short(spec)}; e.g. "
             f"{IMAGENET_MEAN_STD} or {CAFFE}"
         )
     kind = spec["kind"]
@@ -51,15 +52,26 @@ def validate_preprocess(spec: Mapping[str, Any]) -> dict[str, Any]:
     for field in fields:
         value = spec.get(field)
         try:
-            values = tuple(float(v) for v in value)
-        except TypeError:
-            values = ()
-        if len(values) != 3 or not all(np.isfinite(values)):
-            raise ValueError(f"{kind!r} preprocess spec needs {field!r}: 3 finite numbers, got {value!r}")
-        if field == "std" and min(values) <= 0:
+            array = np.asarray(value, np.float64)
+        except (TypeError, ValueError):
+            array = np.zeros(0)
+        per_pixel = field == "mean" and array.ndim == 3 and array.shape[-1] == 3
+        if not (array.shape == (3,) or per_pixel) or not np.all(np.isfinite(array)):
+            shapes = "3 finite numbers" + (" or an [H][W][3] mean image" if field == "mean" else "")
+            raise ValueError(f"{kind!r} preprocess spec needs {field!r}: {shapes}, got {_short(value)}")
+        if field == "std" and array.min() <= 0:
             raise ValueError(f"'mean_std' preprocess spec needs a positive std, got {value!r}")
-        out[field] = values
+        out[field] = _to_tuples(array.tolist())
     return out
+
+
+def _to_tuples(value: Any) -> Any:
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
+
+
+def _short(value: Any, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def preprocess_images(images: jax.Array | np.ndarray, spec: Mapping[str, Any]) -> jax.Array:
@@ -92,6 +104,11 @@ def preprocess_images(images: jax.Array | np.ndarray, spec: Mapping[str, Any]) -
     x = jnp.asarray(images, jnp.float32)
     if spec["kind"] == "mean_std":
         mean = jnp.asarray(spec["mean"], jnp.float32)
+        if mean.ndim == 3 and mean.shape != images.shape[1:]:
+            raise ValueError(
+                f"this preprocess spec subtracts a per-pixel mean image of shape {mean.shape}; "
+                f"images must be {mean.shape[0]}x{mean.shape[1]}, got shape {images.shape}"
+            )
         std = jnp.asarray(spec["std"], jnp.float32)
         return (x / 255.0 - mean) / std
     return x[..., ::-1] - jnp.asarray(spec["mean_bgr"], jnp.float32)

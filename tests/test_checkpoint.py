@@ -398,3 +398,17 @@ def test_checkpoint_module_imports_without_tensorflow_or_torch():
         "bad = [m for m in ('tensorflow', 'torch') if m in sys.modules]; assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[1])
+
+
+def test_per_pixel_mean_spec_round_trips_and_predicts(tmp_path, resnet20):
+    model, variables = resnet20
+    mean_image = np.random.default_rng(0).uniform(0.3, 0.6, (32, 32, 3)).round(6)
+    spec = {"kind": "mean_std", "mean": mean_image.tolist(), "std": [0.25, 0.25, 0.25]}
+    loaded_model, loaded = load_checkpoint(_save(tmp_path / "c", model, variables, spec=spec))
+    assert load_meta(tmp_path / "c")["preprocess"] == spec
+    images = _uint8_images(2)
+    expected = model.apply(variables, ((images / 255.0 - mean_image) / 0.25).astype(np.float32), train=False)
+    predict = make_predict_fn(loaded_model)
+    np.testing.assert_allclose(predict(loaded, images), expected, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="per-pixel mean image of shape"):
+        predict(loaded, _uint8_images(2, size=16))
