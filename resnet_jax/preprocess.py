@@ -112,3 +112,19 @@ def preprocess_images(images: jax.Array | np.ndarray, spec: Mapping[str, Any]) -
         std = jnp.asarray(spec["std"], jnp.float32)
         return (x / 255.0 - mean) / std
     return x[..., ::-1] - jnp.asarray(spec["mean_bgr"], jnp.float32)
+
+
+def as_mean_std(spec: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, bool]:
+    """A spec as `(img' / 255 - mean) / std` where img' is img with its channels reversed if the flag says.
+
+    Lets a pipeline that normalises with a mean and a std (on uint8 RGB batches) serve every kind:
+    'caffe' is img_bgr - mean_bgr = (img_bgr / 255 - mean_bgr / 255) / (1 / 255).
+
+    Returns:
+      (mean, std, reverse_channels): float32 mean ([3] or [H, W, 3]) and std ([3]) in [0, 1] units.
+    """
+    spec = validate_preprocess(spec)
+    if spec["kind"] == "mean_std":
+        return np.asarray(spec["mean"], np.float32), np.asarray(spec["std"], np.float32), False
+    mean = np.asarray(spec["mean_bgr"], np.float32) / 255.0
+    return mean, np.full(3, 1.0 / 255.0, np.float32), True

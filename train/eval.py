@@ -1,0 +1,143 @@
+"""`python -m train.eval --workdir DIR [--step N]`: a run checkpoint's accuracy on the whole test split.
+
+The dataset, split and eval batch size come from the run's DIR/config.json; the model and its
+normalisation from the checkpoint's meta; batches and per-batch sums from the training program's
+input pipeline and `eval_step`. So the accuracy of the latest checkpoint equals the final evaluation
+the run logged in DIR/metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from resnet_jax.checkpoint import load_checkpoint, load_meta
+from resnet_jax.preprocess import as_mean_std
+from train import input_pipeline, train
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run saved as `workdir`/config.json.
+
+    Raises:
+      FileNotFoundError: naming the file when the workdir holds no config.
+    """
+    path = os.path.join(os.path.abspath(workdir), "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: --workdir must be a training run's directory")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def make_eval_fn(mesh: Mesh, mean: jax.Array, std: jax.Array) -> Callable[..., dict[str, jax.Array]]:
+    """A jitted `eval_fn(state, data)` summing `train.eval_step` over every batch of an eval split.
+
+    Args:
+      mesh: the device mesh; each batch is sharded over its 'data' axis.
+      mean, std: the normalisation `eval_step` applies.
+
+    Returns:
+      eval_fn(state, data: input_pipeline.InMemorySplit from put_eval) -> {'loss', 'correct', 'count'} sums.
+    """
+    sharded = NamedSharding(mesh, P("data"))
+
+    @jax.jit
+    def sums(state, images, labels, mask):
+        def body(k, totals):
+            batch = jax.lax.with_sharding_constraint(
+                {"image": images[k], "label": labels[k], "mask": mask[k]}, sharded
+            )
+            return jax.tree.map(jnp.add, totals, train.eval_step(state, batch, mean=mean, std=std))
+
+        zeros = {"loss": jnp.float32(0), "correct": jnp.float32(0), "count": jnp.float32(0)}
+        return jax.lax.fori_loop(0, images.shape[0], body, zeros)
+
+    return lambda state, data: sums(state, data.images, data.labels, data.mask)
+
+
+def evaluate(
+    workdir: str, *, step: int | None = None, data_dir: str | None = None, split: str | None = None
+) -> dict[str, Any]:
+    """Evaluates a run's checkpoint over a whole split.
+
+    Args:
+      workdir: the training run's directory (config.json and checkpoints/).
+      step: the checkpoint to evaluate; default the latest.
+      data_dir: tfds data dir; default the run's config.data_dir.
+      split: the split; default the run's config.eval_split.
+
+    Returns:
+      {'accuracy', 'loss', 'examples', 'step', 'checkpoint'}.
+    """
+    config = load_config(workdir)
+    mesh = train.make_mesh()
+    if config.eval_batch_size % mesh.size:
+        raise ValueError(
+            f"the run's eval_batch_size {config.eval_batch_size} is not a multiple of the {mesh.size} devices"
+        )
+    meta = load_meta(workdir, step=step)
+    model, variables = load_checkpoint(workdir, step=meta["step"], sharding=NamedSharding(mesh, P()))
+    mean, std, reverse_channels = as_mean_std(meta["preprocess"])
+
+    builder = input_pipeline.get_builder(config.dataset, data_dir or config.data_dir)
+    images, labels = input_pipeline.load_split(builder, split or config.eval_split)
+    if reverse_channels:
+        images = np.ascontiguousarray(images[..., ::-1])
+    data = input_pipeline.put_eval(images, labels, config.eval_batch_size, mesh)
+    state = train.TrainState(
+        step=meta["step"], apply_fn=model.apply, tx=None, opt_state=None, **variables
+    )
+    totals = jax.device_get(make_eval_fn(mesh, jnp.asarray(mean), jnp.asarray(std))(state, data))
+    n = float(totals["count"])
+    return {
+        "accuracy": float(totals["correct"]) / n,
+        "loss": float(totals["loss"]) / n,
+        "examples": int(n),
+        "step": meta["step"],
+        "checkpoint": os.path.join(os.path.abspath(workdir), "checkpoints", str(meta["step"])),
+    }
+
+
+def main(argv: list[str]) -> None:
+    from absl import flags
+
+    del argv
+    flags_ = flags.FLAGS
+    try:
+        result = evaluate(
+            flags_.workdir, step=flags_.step, data_dir=flags_.data_dir, split=flags_.split
+        )
+    except (FileNotFoundError, ValueError, input_pipeline.DatasetUnavailableError) as e:
+        sys.exit(f"error: {e}")
+    print(
+        f"test accuracy {result['accuracy']:.4f} ({result['accuracy']!r}) loss {result['loss']:.4f} "
+        f"on {result['examples']} examples, checkpoint {result['checkpoint']} (step {result['step']})"
+    )
+
+
+def _define_flags() -> None:
+    from absl import flags
+
+    flags.DEFINE_string("workdir", None, "A training run's directory (config.json, checkpoints/).")
+    flags.mark_flag_as_required("workdir")
+    flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
+    flags.DEFINE_string("data_dir", None, "tfds data dir (default: the run's config.data_dir).")
+    flags.DEFINE_string("split", None, "Split to evaluate (default: the run's config.eval_split).")
+
+
+if __name__ == "__main__":
+    from absl import app
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    _define_flags()
+    app.run(main)
