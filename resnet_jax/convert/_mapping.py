@@ -27,9 +27,8 @@ def to_numpy(value: Any) -> np.ndarray:
     """A float32 numpy copy of a torch tensor, a Keras variable or anything array-like."""
     if hasattr(value, "detach"):  # torch.Tensor; .float() first because numpy has no bfloat16
         value = value.detach().cpu().float().numpy()
-    elif hasattr(value, "numpy") and not isinstance(value, np.ndarray):  # Keras / TF variables
-        value = value.numpy()
-    return np.asarray(value, dtype=np.float32)
+    # A keras.Variable holds its backend's array (jax.Array, tf.Tensor, ...) in `.value`.
+    return np.asarray(getattr(value, "value", value), dtype=np.float32)
 
 
 def variable_shapes(model: ResNet) -> dict[Path, tuple[int, ...]]:

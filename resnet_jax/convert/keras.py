@@ -117,10 +117,10 @@ def load_keras_model(path: str | FilePath, arch: str, num_classes: int = 1000) -
       arch: resnet50, resnet101 or resnet152.
       num_classes: outputs of the file's 'predictions' layer.
     """
-    import keras  # optional dependency; imported only when reading Keras files
-
     if arch not in ARCHS:
         raise ValueError(f"unknown Keras arch {arch!r}; supported: {', '.join(ARCHS)}")
+    import keras  # optional dependency; imported only when reading Keras files
+
     model = getattr(keras.applications, ARCHS[arch])(
         weights=None, classes=num_classes, classifier_activation=None
     )
