@@ -121,10 +121,9 @@ def as_mean_std(spec: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, bool]:
     'caffe' is img_bgr - mean_bgr = (img_bgr / 255 - mean_bgr / 255) / (1 / 255).
 
     Returns:
-      (mean, std, reverse_channels): float32 mean ([3] or [H, W, 3]) and std ([3]) in [0, 1] units.
+      (mean, std, reverse_channels): float64 mean ([3] or [H, W, 3]) and std ([3]) in [0, 1] units.
     """
     spec = validate_preprocess(spec)
     if spec["kind"] == "mean_std":
-        return np.asarray(spec["mean"], np.float32), np.asarray(spec["std"], np.float32), False
-    mean = np.asarray(spec["mean_bgr"], np.float32) / 255.0
-    return mean, np.full(3, 1.0 / 255.0, np.float32), True
+        return np.asarray(spec["mean"], np.float64), np.asarray(spec["std"], np.float64), False
+    return np.asarray(spec["mean_bgr"], np.float64) / 255.0, np.full(3, 1.0 / 255.0), True

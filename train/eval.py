@@ -97,7 +97,8 @@ def evaluate(
     state = train.TrainState(
         step=meta["step"], apply_fn=model.apply, tx=None, opt_state=None, **variables
     )
-    totals = jax.device_get(make_eval_fn(mesh, jnp.asarray(mean), jnp.asarray(std))(state, data))
+    eval_fn = make_eval_fn(mesh, jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
+    totals = jax.device_get(eval_fn(state, data))
     n = float(totals["count"])
     return {
         "accuracy": float(totals["correct"]) / n,

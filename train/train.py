@@ -343,6 +343,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     """
     start_time = time.perf_counter()
     workdir = os.path.abspath(workdir)
+    fine_tuning = "init_checkpoint" in config  # a configs/finetune_*.py config
+    if fine_tuning:
+        from train import finetune  # it imports this module
+
+        config = finetune.resolve_config(config)
     mesh = make_mesh()
     validate_config(config, mesh.size)
     is_main = jax.process_index() == 0
@@ -367,6 +372,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         num_steps = math.ceil(config.num_epochs * steps_per_epoch)
     model = create_model(config)
     tx = optim.create_optimizer(config, num_steps)
+    if fine_tuning:
+        model, tx = finetune.adapt(config, model, tx)
     schedule = optim.learning_rate_schedule(config, num_steps)
     init_key, data_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     replicated = NamedSharding(mesh, P())
@@ -387,6 +394,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     manager = checkpointing.make_manager(workdir, config.keep_checkpoints)
     step = 0
     latest = manager.latest_step()
+    if latest is None and fine_tuning:
+        state = finetune.restore_backbone(config, state)
     if latest is not None:
         restored, _ = checkpointing.restore(manager, latest, _checkpoint_state(state, sums))
         sums = restored.pop("train_sums")

@@ -1,0 +1,35 @@
+"""Transfer learning (the seed article's last section): a pretrained backbone, a new head, frozen backbone.
+
+    python -m resnet_jax.convert ... --out /ckpts/resnet50_torchvision       # or any training workdir
+    python -m train --config configs/finetune_cifar10.py --workdir DIR \\
+        --config.init_checkpoint=/ckpts/resnet50_torchvision
+
+The model (architecture) and the input normalisation come from the checkpoint (see train/finetune.py);
+only the new `head` trains and every BatchNorm keeps its running statistics. CIFAR images stay 32x32,
+so an ImageNet backbone sees small feature maps; its accuracy is a transfer baseline, not a record.
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = default.get_config()
+    c.init_checkpoint = config_dict.placeholder(str)  # required: workdir, checkpoints dir or step dir
+    c.init_step = -1  # -1: the checkpoint directory's latest step
+    c.freeze_backbone = True
+    c.head_modules = ("head",)  # top-level parameters that start fresh (and, frozen, the only ones trained)
+    c.num_classes = 10
+    c.batch_size = 128
+    c.num_train_steps = -1
+    c.num_epochs = 5.0
+    c.schedule = "cosine"
+    c.learning_rate = 0.1  # the head only: a linear classifier on frozen features
+    c.warmup_steps = 0
+    c.weight_decay = 0.0
+    c.pad = 4
+    c.eval_every_steps = 390
+    c.checkpoint_every_steps = 390
+    return c
