@@ -75,15 +75,14 @@ def assemble_variables(
     for path, shape in variable_shapes(model).items():
         name, perm = source_key(path)
         used.add(name)
-        if name not in source:
-            missing.append(f"  {name}  (expected shape {_source_shape(shape, perm)})")
-            continue
-        array = source[name]
         want = _source_shape(shape, perm)
-        if tuple(array.shape) != want:
-            misshaped.append(f"  {name}: got shape {tuple(array.shape)}, expected {want}")
-            continue
-        flat[path] = jnp.asarray(array if perm is None else np.transpose(array, perm), jnp.float32)
+        if name not in source:
+            missing.append(f"  {name}  (expected shape {want})")
+        elif tuple(source[name].shape) != want:
+            misshaped.append(f"  {name}: got shape {tuple(source[name].shape)}, expected {want}")
+        else:
+            array = source[name] if perm is None else np.transpose(source[name], perm)
+            flat[path] = jnp.asarray(array, jnp.float32)
     unexpected = [f"  {name}  (shape {tuple(source[name].shape)})" for name in source if name not in used]
     if missing or unexpected or misshaped:
         counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped"
