@@ -1,0 +1,507 @@
+"""GPU benchmark (one GPU, under 8 minutes): our training and eval throughput next to PyTorch's.
+
+    python bench/gpu.py                  # on a machine with one CUDA GPU
+    python bench/gpu.py --smoke          # tiny stand-in models on CPU: checks the script runs
+
+Prints one markdown table:
+  - resnet50 224x224 bf16 training img/s, batch 256: the project's jitted train step
+    (train.train.train_step: uint8 batch on device, crop/flip/normalise, forward, backward, SGD momentum
+    + weight decay), synthetic data;
+  - resnet50 224x224 bf16 eval img/s, batch 256;
+  - resnet20 CIFAR training img/s, batch 128, with the whole uint8 training split on the device: the
+    training loop's own per-step program (batch selection + augmentation + step), float32 and bf16;
+  - torchvision resnet50, bf16 autocast (AMP) and channels_last, batch 256, training and eval, same GPU.
+
+Imports only jax, flax, optax, numpy, resnet_jax, train.input_pipeline and (if importable) train.train, and
+torch/torchvision in a separate process: no tensorflow, tensorflow_datasets or ml_collections. When
+train.train cannot be imported there (it imports ml_collections at module level), `--step auto` falls
+back to a step written here from resnet_jax + optax + train.input_pipeline with the same augmentation,
+loss and optimiser, and the table says which step ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR_STD = (0.2470, 0.2435, 0.2616)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The project's default optimiser settings (configs/default.py), without importing ml_collections.
+OPTIM = dict(
+    learning_rate=0.1,
+    momentum=0.9,
+    nesterov=False,
+    weight_decay=1e-4,
+    weight_decay_on="kernels",
+    schedule="constant",
+    warmup_steps=0,
+    warmup="linear",
+    warmup_lr=0.0,
+    lr_boundaries=(),
+    lr_decay_factor=0.1,
+    label_smoothing=0.0,
+)
+
+
+def _median_rate(run, batch: int, steps: int, windows: int) -> float:
+    rates = []
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        run(steps)
+        rates.append(batch * steps / (time.perf_counter() - t0))
+    return statistics.median(rates)
+
+
+# ------------------------------------------------------------------------------------------------ JAX
+
+
+def jax_models(smoke: bool):
+    """{name: (flax module, image size, batch)}; --smoke swaps in tiny models of the same block types."""
+    import jax.numpy as jnp
+
+    import resnet_jax
+
+    if smoke:
+        r50 = resnet_jax.ResNet(
+            (1, 1),
+            (32, 64),
+            block="bottleneck",
+            num_classes=10,
+            stem_features=16,
+            dtype=jnp.bfloat16,
+        )
+        r20 = functools.partial(
+            resnet_jax.ResNet,
+            (1, 1, 1),
+            (8, 16, 32),
+            num_classes=10,
+            stem_features=8,
+            cifar_stem=True,
+            shortcut="zero_pad",
+        )
+        return {"resnet50": (r50, 64, 2), "resnet20": (r20, 32, 2)}
+    r20 = functools.partial(resnet_jax.create_model, "resnet20")
+    return {
+        "resnet50": (resnet_jax.create_model("resnet50", dtype=jnp.bfloat16), 224, 256),
+        "resnet20": (r20, 32, 128),
+    }
+
+
+def load_steps(mode: str) -> dict:
+    """The JAX pieces: train_step, jit, create_state, create_optimizer, tr (train.train or None), label.
+
+    Args:
+      mode: 'project' (train.train's; fails if it cannot be imported), 'local' (this file's equivalents)
+        or 'auto' (project, else local when train.train's imports of ml_collections/tensorflow fail).
+    """
+    if mode in ("auto", "project"):
+        try:
+            from train import optim
+            from train import train as tr
+
+            return dict(
+                train_step=tr.train_step,
+                jit=tr.jit_train_step,
+                create_state=tr.create_train_state,
+                create_optimizer=optim.create_optimizer,
+                tr=tr,
+                label="project step (train.train.train_step)",
+            )
+        except ModuleNotFoundError as e:
+            if mode == "project" or e.name not in ("ml_collections", "tensorflow", "tensorflow_datasets"):
+                raise
+            print(f"train.train not importable here ({e}); using the bench's own equivalent step", flush=True)
+    return dict(
+        train_step=local_train_step,
+        jit=local_jit,
+        create_state=local_create_state,
+        create_optimizer=local_optimizer,
+        tr=None,
+        label="bench step (resnet_jax + optax + train.input_pipeline; same loss/optimiser)",
+    )
+
+
+def local_optimizer(config, num_steps: int):
+    """train.optim.create_optimizer's SGD for a constant schedule: decay on kernels, then momentum SGD."""
+    import optax
+    from flax import traverse_util
+
+    def mask(params):
+        flat = traverse_util.flatten_dict(params)
+        return traverse_util.unflatten_dict({k: k[-1] == "kernel" for k in flat})
+
+    return optax.chain(
+        optax.add_decayed_weights(config.weight_decay, mask=mask),
+        optax.sgd(config.learning_rate, momentum=config.momentum, nesterov=config.nesterov),
+    )
+
+
+def local_create_state(rng, model, tx, image_shape):
+    import jax.numpy as jnp
+    from flax.training import train_state
+
+    class State(train_state.TrainState):
+        batch_stats: dict
+
+    v = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
+    return State.create(apply_fn=model.apply, params=v["params"], tx=tx, batch_stats=v["batch_stats"])
+
+
+def local_train_step(state, batch, rng, *, mean, std, pad=4, flip=True, label_smoothing=0.0):
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from train import input_pipeline
+
+    x = input_pipeline.normalize(input_pipeline.augment(batch["image"], rng, pad, flip), mean, std)
+
+    def loss_fn(params):
+        logits, upd = state.apply_fn(
+            {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
+        )
+        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+        return loss, (logits, upd["batch_stats"])
+
+    (loss, (logits, bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    state = state.apply_gradients(grads=grads, batch_stats=bs)
+    return state, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
+
+
+def local_jit(step_fn, mesh):
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    rep = NamedSharding(mesh, P())
+    return jax.jit(
+        step_fn,
+        in_shardings=(rep, NamedSharding(mesh, P("data")), rep),
+        out_shardings=(rep, rep),
+        donate_argnums=0,
+    )
+
+
+def local_program(config, mesh, train_data, step_fn, keys):
+    """train.train._make_loop_fns' per-step program: pick the batch on device, augment, step, add sums."""
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from train import input_pipeline
+
+    data_key, aug_key = keys
+    rep, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+
+    def train_fn(state, sums, images, labels):
+        data = input_pipeline.InMemorySplit(images, labels, None, train_data.num_examples)
+        batch = jax.lax.with_sharding_constraint(
+            input_pipeline.train_batch(data, data_key, state.step, config.batch_size), sharded
+        )
+        state, m = step_fn(state, batch, jax.random.fold_in(aug_key, state.step))
+        return state, {
+            "loss": sums["loss"] + m["loss"],
+            "accuracy": sums["accuracy"] + m["accuracy"],
+            "steps": sums["steps"] + 1,
+        }
+
+    jitted = jax.jit(train_fn, out_shardings=(rep, rep), donate_argnums=(0, 1))
+    return lambda state, sums: jitted(state, sums, train_data.images, train_data.labels)
+
+
+def _state(steps: dict, model, size: int, batch: int, mesh):
+    """(config, train state) with the project's optimiser for `model` on size x size images."""
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    config = SimpleNamespace(**OPTIM, batch_size=batch, pad=4, flip=True)
+    tx = steps["create_optimizer"](config, 1_000_000)
+    init = functools.partial(steps["create_state"], model=model, tx=tx, image_shape=(size, size, 3))
+    return config, jax.jit(init, out_shardings=NamedSharding(mesh, P()))(jax.random.key(0))
+
+
+def jax_resnet50(args, steps: dict, mesh, rng) -> list[dict]:
+    """resnet50 bf16: the bare jitted train step, then eval, on one device-resident synthetic batch."""
+    import jax
+    import jax.numpy as jnp
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from train import input_pipeline
+
+    model, size, b = jax_models(args.smoke)["resnet50"]
+    _, state = _state(steps, model, size, b, mesh)
+    mean, std = jnp.asarray(IMAGENET_MEAN), jnp.asarray(IMAGENET_STD)
+    step = steps["jit"](functools.partial(steps["train_step"], mean=mean, std=std, pad=4, flip=True), mesh)
+    images = rng.integers(0, 256, (b, size, size, 3), dtype="uint8")
+    labels = rng.integers(0, model.num_classes, (b,), dtype="int32")
+    batch = jax.device_put({"image": images, "label": labels}, NamedSharding(mesh, P("data")))
+    key = jax.device_put(jax.random.key(1), NamedSharding(mesh, P()))
+    holder = {"state": state}
+    del state  # donated by the first step
+
+    def run_step(k):
+        s = holder["state"]
+        for _ in range(k):
+            s, _ = step(s, batch, key)
+        holder["state"] = jax.block_until_ready(s)
+
+    @jax.jit
+    def evaluate(state, images):
+        x = input_pipeline.normalize(images, mean, std)
+        return state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
+
+    def run_eval(k):
+        for _ in range(k):
+            out = evaluate(holder["state"], batch["image"])
+        jax.block_until_ready(out)
+
+    t0 = time.perf_counter()
+    run_step(1)
+    first = time.perf_counter() - t0
+    run_step(args.warmup)
+    train = _median_rate(run_step, b, args.steps, args.windows)
+    run_eval(1 + args.warmup)
+    common = {"fw": "jax", "batch": b, "size": size}
+    return [
+        {"what": "resnet50 train (bf16, bare jitted step)", **common, "img_s": train, "first_step_s": first},
+        {
+            "what": "resnet50 eval (bf16)",
+            **common,
+            "img_s": _median_rate(run_eval, b, args.steps, args.windows),
+        },
+    ]
+
+
+def jax_resnet20(args, steps: dict, mesh, data, dtype: str) -> dict:
+    """resnet20: the training loop's per-step program over the uint8 split `data` held on the device."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    make, size, b = jax_models(args.smoke)["resnet20"]
+    config, state = _state(steps, make(dtype=jnp.dtype(dtype)), size, b, mesh)
+    mean, std = jnp.asarray(CIFAR_MEAN), jnp.asarray(CIFAR_STD)
+    keys = tuple(jax.random.split(jax.random.key(2)))
+    if steps["tr"] is not None:
+        run_train, _ = steps["tr"]._make_loop_fns(config, mesh, data, data, keys, mean, std)
+    else:
+        step_fn = functools.partial(steps["train_step"], mean=mean, std=std, pad=4, flip=True)
+        run_train = local_program(config, mesh, data, step_fn, keys)
+    rep = NamedSharding(mesh, P())
+
+    def zeros():  # fresh each time: the program donates its sums
+        return jax.device_put({"loss": np.float32(0), "accuracy": np.float32(0), "steps": np.float32(0)}, rep)
+
+    loop = {"state": state, "sums": zeros()}
+    del state
+
+    def run_program(k):
+        s, sums = loop["state"], loop["sums"]
+        for _ in range(k):
+            s, sums = run_train(s, sums)
+        jax.device_get(sums)  # the loop's log-step sync
+        loop["state"], loop["sums"] = jax.block_until_ready(s), zeros()
+
+    t0 = time.perf_counter()
+    run_program(1)
+    first = time.perf_counter() - t0
+    run_program(args.warmup)
+    n = args.steps * (1 if args.smoke else 4)  # small steps: longer windows
+    return {
+        "what": f"resnet20 CIFAR train ({dtype}, data on device, training loop)",
+        "fw": "jax",
+        "batch": b,
+        "size": size,
+        "img_s": _median_rate(run_program, b, n, args.windows),
+        "first_step_s": first,
+    }
+
+
+def bench_jax(args) -> list[dict]:
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh
+
+    from train import input_pipeline
+
+    steps = load_steps(args.step)
+    mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
+    rng = np.random.default_rng(0)
+    rows = jax_resnet50(args, steps, mesh, rng)
+    _, size, b = jax_models(args.smoke)["resnet20"]
+    n = 4 * b if args.smoke else 50_000
+    data = input_pipeline.put_train(
+        rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
+        rng.integers(0, 10, (n,), dtype=np.int32),
+        mesh,
+    )
+    rows += [jax_resnet20(args, steps, mesh, data, dtype) for dtype in ("float32", "bfloat16")]
+    for r in rows:
+        r["step"] = steps["label"]
+        r["device"] = str(jax.devices()[0].device_kind)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------- PyTorch
+
+
+def bench_torch(args) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+    import torchvision
+
+    device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
+    torch.backends.cudnn.benchmark = True
+    if args.smoke:
+        model = torchvision.models.resnet.ResNet(
+            torchvision.models.resnet.Bottleneck, [1, 1, 1, 1], num_classes=10
+        )
+        size, b, classes = 64, 2, 10
+    else:
+        model, size, b, classes = torchvision.models.resnet50(), 224, 256, 1000
+    model = model.to(device, memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    x = torch.randn(b, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, classes, (b,), device=device)
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def run_train(k):
+        model.train()
+        for _ in range(k):
+            with torch.autocast(device, dtype=torch.bfloat16):
+                loss = F.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sync()
+
+    @torch.no_grad()
+    def run_eval(k):
+        model.eval()
+        for _ in range(k):
+            with torch.autocast(device, dtype=torch.bfloat16):
+                model(x)
+        sync()
+
+    t0 = time.perf_counter()
+    run_train(1)
+    first = time.perf_counter() - t0
+    run_train(args.warmup)
+    rows = [
+        {
+            "what": "torchvision resnet50 train (bf16 AMP, channels_last)",
+            "fw": "torch",
+            "batch": b,
+            "size": size,
+            "img_s": _median_rate(run_train, b, args.steps, args.windows),
+            "first_step_s": first,
+        }
+    ]
+    run_eval(1 + args.warmup)
+    rows.append(
+        {
+            "what": "torchvision resnet50 eval (bf16 AMP, channels_last)",
+            "fw": "torch",
+            "batch": b,
+            "size": size,
+            "img_s": _median_rate(run_eval, b, args.steps, args.windows),
+        }
+    )
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    for r in rows:
+        r["device"] = name
+    return rows
+
+
+# ----------------------------------------------------------------------------------------------- driver
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| benchmark | framework | batch | image | img/s | first step s |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        first = f"{r['first_step_s']:.1f}" if "first_step_s" in r else "-"
+        out.append(f"| {r['what']} | {r['fw']} | {r['batch']} | {r['size']} | {r['img_s']:.0f} | {first} |")
+    ours = next((r for r in rows if r["what"].startswith("resnet50 train")), None)
+    theirs = next((r for r in rows if r["what"].startswith("torchvision resnet50 train")), None)
+    if ours and theirs:
+        out.append("")
+        out.append(
+            f"resnet50 training, ours / PyTorch AMP channels_last: {ours['img_s'] / theirs['img_s']:.2f}"
+        )
+        out.append(
+            "Published anchors: NVIDIA PyTorch ResNet-50 AMP 2,470 img/s (one A100-80GB); "
+            "MLPerf 8xH100 ~7,000 img/s per H100 (DALI, fused kernels)."
+        )
+    devices = sorted({r["device"] for r in rows})
+    steps = sorted({r["step"] for r in rows if "step" in r})
+    out.append(f"Device: {', '.join(devices)}. JAX train step: {', '.join(steps)}.")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--part",
+        choices=("all", "jax", "torch"),
+        default="all",
+        help="all: run the jax and torch parts in separate processes (each frees its GPU memory)",
+    )
+    p.add_argument(
+        "--step",
+        choices=("auto", "project", "local"),
+        default="auto",
+        help="project: train.train.train_step; local: the bench's equivalent; auto: project if importable",
+    )
+    p.add_argument("--steps", type=int, default=10, help="steps per timed window")
+    p.add_argument("--windows", type=int, default=5, help="timed windows (median reported)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--smoke", action="store_true", help="tiny stand-in models, batch 2, on CPU")
+    args = p.parse_args(argv)
+    if args.smoke:
+        args.steps, args.windows, args.warmup = 1, 1, 0
+        os.environ["JAX_PLATFORMS"] = "cpu"
+    if args.part == "jax":
+        print("GPU_JSON " + json.dumps(bench_jax(args)), flush=True)
+        return
+    if args.part == "torch":
+        print("GPU_JSON " + json.dumps(bench_torch(args)), flush=True)
+        return
+    rows, t0 = [], time.perf_counter()
+    passthrough = [a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--part")]
+    for part in ("jax", "torch"):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--part", part, *passthrough], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            sys.exit(f"bench/gpu.py --part {part} failed:\n{proc.stdout}\n{proc.stderr}")
+        for line in proc.stdout.splitlines():
+            if line.startswith("GPU_JSON "):
+                rows += json.loads(line[len("GPU_JSON ") :])
+            else:
+                print(line)
+    print(table(rows))
+    print(f"Total wall time {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
