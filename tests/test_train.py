@@ -1,0 +1,171 @@
+"""Train step, eval step, config validation, and a whole (tiny) training run in-process."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import smoke
+from resnet_jax import ResNet
+from train import optim, train
+from train.testing import write_fake_dataset
+
+MEAN, STD = jnp.asarray([0.49, 0.48, 0.45]), jnp.asarray([0.25, 0.24, 0.26])
+
+
+def _state_and_batch(batch_size=16):
+    c = smoke.get_config()
+    c.schedule, c.warmup_steps = "constant", 0  # lr 0.1 from the first step (smoke warms up from 0)
+    # A tiny ResNet (the registry's smallest, resnet20, takes ~4x longer to compile on 8 CPU devices).
+    model = ResNet(
+        (1, 1, 1), (8, 16, 32), num_classes=10, stem_features=8, cifar_stem=True, shortcut="zero_pad"
+    )
+    state = train.create_train_state(
+        jax.random.PRNGKey(0), model, optim.create_optimizer(c, 100), (32, 32, 3)
+    )
+    rng = np.random.default_rng(0)
+    batch = {
+        "image": rng.integers(0, 256, (batch_size, 32, 32, 3), dtype=np.uint8),
+        "label": rng.integers(0, 10, batch_size).astype(np.int32),
+    }
+    return state, batch
+
+
+def _one_step(devices):
+    state, batch = _state_and_batch()
+    mesh = train.make_mesh(devices)
+    step = train.jit_train_step(lambda s, b, r: train.train_step(s, b, r, mean=MEAN, std=STD), mesh)
+    state, metrics = step(state, batch, jax.random.PRNGKey(1))
+    return jax.device_get((state.params, state.batch_stats, metrics))
+
+
+def test_eight_devices_match_one_device():
+    assert jax.device_count() == 8, "conftest sets 8 CPU devices"
+    one = _one_step(jax.devices()[:1])
+    eight = _one_step(jax.devices())
+    for a, b in zip(jax.tree.leaves(one), jax.tree.leaves(eight), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    # The update is not trivially zero: params moved.
+    state, _ = _state_and_batch()
+    moved = [
+        np.abs(a - b).max()
+        for a, b in zip(jax.tree.leaves(one[0]), jax.tree.leaves(state.params), strict=True)
+    ]
+    assert max(moved) > 1e-3
+
+
+def test_train_step_learns_a_fixed_batch():
+    state, batch = _state_and_batch()
+    step = jax.jit(lambda s, b, r: train.train_step(s, b, r, mean=MEAN, std=STD, pad=0, flip=False))
+    losses = []
+    for i in range(8):
+        state, m = step(state, batch, jax.random.PRNGKey(i))
+        losses.append(float(m["loss"]))
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert int(state.step) == 8
+
+
+def test_cross_entropy_with_label_smoothing_matches_formula():
+    logits = jnp.asarray([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    labels = jnp.asarray([0, 2])
+    logp = jax.nn.log_softmax(logits)
+    eps = 0.1
+    target = np.full((2, 3), eps / 3) + (1 - eps) * np.eye(3)[[0, 2]]
+    np.testing.assert_allclose(train.cross_entropy(logits, labels, eps), -(target * logp).sum(-1), rtol=1e-6)
+    np.testing.assert_allclose(train.cross_entropy(logits, labels), -logp[jnp.arange(2), labels], rtol=1e-6)
+
+
+def test_eval_step_ignores_padding():
+    state, batch = _state_and_batch(8)
+    full = train.eval_step(state, {**batch, "mask": np.ones(8, np.float32)}, mean=MEAN, std=STD)
+    first5 = train.eval_step(
+        state, {k: v[:5] for k, v in batch.items()} | {"mask": np.ones(5, np.float32)}, mean=MEAN, std=STD
+    )
+    padded = {"image": batch["image"].copy(), "label": batch["label"], "mask": np.r_[np.ones(5), np.zeros(3)]}
+    masked = train.eval_step(state, padded, mean=MEAN, std=STD)
+    assert float(full["count"]) == 8 and float(masked["count"]) == 5
+    np.testing.assert_allclose(masked["loss"], first5["loss"], rtol=1e-5)
+    assert float(masked["correct"]) == float(first5["correct"])
+
+
+def test_validate_config_lists_every_problem():
+    c = smoke.get_config()
+    c.batch_size = 12
+    c.schedule = "linear"
+    c.momentum = 1.5
+    with pytest.raises(train.ConfigError) as e:
+        train.validate_config(c, 8)
+    msg = str(e.value)
+    assert "batch_size=12 must be a positive multiple of the 8 devices" in msg
+    assert "schedule='linear' must be one of piecewise, cosine, onecycle, constant" in msg
+    assert "momentum=1.5" in msg
+    c = smoke.get_config()
+    c.model_kwargs.shortcut = "bogus"
+    c.model = "resnet21"
+    with pytest.raises(train.ConfigError, match="model='resnet21' must be one of resnet18"):
+        train.validate_config(c, 1)
+    train.validate_config(smoke.get_config(), 8)  # the shipped configs are valid
+    from configs import cifar10_fast, cifar10_resnet34, cifar10_resnet50, cifar10_resnet56, cifar10_resnet110
+
+    for module in (cifar10_fast, cifar10_resnet34, cifar10_resnet50, cifar10_resnet56, cifar10_resnet110):
+        train.validate_config(module.get_config(), 8)
+
+
+@pytest.fixture(scope="session")
+def fake_data_dir(tmp_path_factory):
+    data_dir = str(tmp_path_factory.mktemp("fake_tfds"))
+    write_fake_dataset(data_dir, num_train=64, num_test=20)
+    return data_dir
+
+
+def smoke_config(data_dir, **overrides):
+    c = smoke.get_config()
+    c.dataset, c.data_dir = "fake_cifar", data_dir
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def test_train_and_evaluate_writes_everything(fake_data_dir, tmp_path):
+    c = smoke_config(fake_data_dir)
+    result = train.train_and_evaluate(c, str(tmp_path))
+    assert result["step"] == 12 and result["stopped_by"] is None and 0 <= result["test_accuracy"] <= 1
+    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    train_rows = [r for r in records if r["split"] == "train"]
+    test_rows = [r for r in records if r["split"] == "test"]
+    assert [r["step"] for r in train_rows] == [2, 4, 6, 8, 10, 12]
+    assert [r["step"] for r in test_rows] == [6, 12]
+    assert all({"loss", "accuracy", "lr", "img_per_sec"} <= set(r) for r in train_rows)
+    assert all(r["examples"] == 20 for r in test_rows), "eval must count each of the 20 test examples once"
+    assert test_rows[-1]["accuracy"] == result["test_accuracy"]
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+    assert json.load(open(tmp_path / "config.json"))["dataset"] == "fake_cifar"
+    steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    # keep_checkpoints=2 latest (8, 12) plus the best-by-accuracy among the evaluated ones (6 or 12).
+    assert steps[-2:] == [8, 12] and set(steps) <= {6, 8, 12}
+    meta = json.load(open(tmp_path / "checkpoints" / "12" / "meta" / "metadata"))
+    assert meta["origin"] == "resnet-jax" and meta["model"] == "resnet20" and meta["step"] == 12
+    assert meta["model_kwargs"]["num_classes"] == 10
+    assert meta["preprocess"] == {"kind": "mean_std", "mean": list(c.mean), "std": list(c.std)}
+    restored = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / "12" / "state")
+    assert {"params", "batch_stats", "opt_state", "step"} <= set(restored)
+    assert int(restored["step"]) == 12
+
+
+def test_half_precision_step_keeps_float32_params():
+    c = smoke.get_config()
+    c.half_precision = True
+    model = train.create_model(c)
+    state = train.create_train_state(jax.random.PRNGKey(0), model, optax.sgd(0.1), (32, 32, 3))
+    _, batch = _state_and_batch(4)
+    state, m = jax.jit(lambda s, b, r: train.train_step(s, b, r, mean=MEAN, std=STD))(
+        state, batch, jax.random.PRNGKey(0)
+    )
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
+    assert np.isfinite(float(m["loss"]))
