@@ -20,6 +20,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.init_checkpoint = config_dict.placeholder(str)  # required: workdir, checkpoints dir or step dir
     c.init_step = -1  # -1: the checkpoint directory's latest step
     c.freeze_backbone = True
+    c.head_hidden = 0  # 1024: the seed article's head, Dense(1024) + ReLU + Dense(num_classes)
     c.head_modules = ("head",)  # top-level parameters that start fresh (and, frozen, the only ones trained)
     c.num_classes = 10
     c.batch_size = 128

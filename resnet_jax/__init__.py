@@ -1,5 +1,7 @@
 """resnet-jax: ResNet (He et al. 2015) in JAX and Flax linen."""
 
+from resnet_jax import convert
+from resnet_jax.checkpoint import load_checkpoint, load_meta, make_predict_fn, save_checkpoint
 from resnet_jax.models import BottleneckBlock, ResidualBlock, ResNet
 from resnet_jax.registry import available_models, create_model
 
@@ -8,5 +10,10 @@ __all__ = [
     "ResNet",
     "ResidualBlock",
     "available_models",
+    "convert",
     "create_model",
+    "load_checkpoint",
+    "load_meta",
+    "make_predict_fn",
+    "save_checkpoint",
 ]

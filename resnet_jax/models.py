@@ -6,6 +6,7 @@ public API and must stay stable:
   stem_conv, stem_bn                          the stem (7x7/2 conv + 3x3/2 max-pool, or 3x3/1 conv)
   stage{s}_block{b}/conv{i}, .../bn{i}        s = 1.., b = 0.., i = 1..2 (basic) or 1..3 (bottleneck)
   stage{s}_block{b}/shortcut_conv, .../shortcut_bn   projection shortcuts only (option B)
+  head_hidden                                 optional Dense + ReLU before the head (head_hidden > 0)
   head                                        the final Dense layer
 """
 
@@ -143,6 +144,8 @@ class ResNet(nn.Module):
       shortcut: 'projection' (option B) or 'zero_pad' (option A), used where a block changes shape.
       stride_in_1x1: bottleneck blocks only; see BottleneckBlock.
       zero_init_last_bn, conv_bias, bn_momentum, bn_epsilon: see ResidualBlock.
+      head_hidden: if > 0, a Dense layer of this width + ReLU between the pooled features and the head
+        (the seed article's transfer-learning head: Dense(1024) + ReLU + Dense(num_classes)).
       dtype: computation dtype (e.g. jnp.bfloat16); params, BN statistics and logits stay float32
         when param_dtype is float32.
       param_dtype: parameter dtype.
@@ -160,6 +163,7 @@ class ResNet(nn.Module):
     conv_bias: bool = False
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
+    head_hidden: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -215,6 +219,11 @@ class ResNet(nn.Module):
 
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         features["pooled"] = x
+        if self.head_hidden:
+            dense = nn.Dense(
+                self.head_hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="head_hidden"
+            )
+            x = nn.relu(dense(x))
         x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
         logits = x.astype(jnp.float32)
         return (logits, features) if return_features else logits
@@ -223,6 +232,10 @@ class ResNet(nn.Module):
 def _check_config(m: ResNet) -> None:
     if not isinstance(m.num_classes, int) or isinstance(m.num_classes, bool) or m.num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {m.num_classes!r}")
+    if not isinstance(m.head_hidden, int) or m.head_hidden < 0:
+        raise ValueError(
+            f"head_hidden must be a non-negative integer (0: no hidden layer), got {m.head_hidden!r}"
+        )
     if m.shortcut not in SHORTCUTS:
         raise ValueError(f"unknown shortcut {m.shortcut!r}; valid: {', '.join(SHORTCUTS)}")
     if m.block not in BLOCKS:

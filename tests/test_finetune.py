@@ -84,6 +84,22 @@ def test_frozen_backbone_is_bitwise_unchanged_and_the_head_trains(tmp_path):
     assert losses[-1] < losses[0]
 
 
+def test_seed_head_dense_relu_dense_trains_on_a_frozen_backbone(tmp_path):
+    path, source = _backbone(tmp_path / "backbone")
+    config, state = _state(_config(path, head_hidden=16))
+    assert set(config.head_modules) == {"head", "head_hidden"}
+    assert state.params["head_hidden"]["kernel"].shape == (64, 16)
+    assert state.params["head"]["kernel"].shape == (16, 5)
+    before = {k: np.asarray(state.params[k]["kernel"]) for k in ("head", "head_hidden")}
+    state, losses = _steps(config, state)
+    backbone = {k: v for k, v in state.params.items() if k not in before}
+    _assert_bitwise(_backbone_of(source["params"]), backbone)
+    _assert_bitwise(source["batch_stats"], state.batch_stats)
+    for k, kernel in before.items():
+        assert not np.array_equal(kernel, state.params[k]["kernel"]), k
+    assert losses[-1] < losses[0]
+
+
 def test_fine_tuning_everything_changes_backbone_and_statistics(tmp_path):
     path, source = _backbone(tmp_path / "backbone")
     config, state = _state(_config(path, freeze_backbone=False, learning_rate=0.01))

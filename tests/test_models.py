@@ -313,3 +313,20 @@ def test_summary_cli_ends_with_reference_total():
     assert out.rstrip().splitlines()[-1] == "Trainable parameters: 23,528,522"
     bad = subprocess.run([*cmd[:3], "resnet51"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown model 'resnet51'" in bad.stderr
+
+
+def test_seed_transfer_head():
+    # The seed article's head: Dense(1024) + ReLU + Dense(num_classes) on the pooled features.
+    model = create_model("resnet50", num_classes=10, head_hidden=1024)
+    params = _abstract_init(model)["params"]
+    assert params["head_hidden"]["kernel"].shape == (2048, 1024)
+    assert params["head"]["kernel"].shape == (1024, 10)
+    assert count_params({"params": params}) == 23_528_522 - 20_490 + 2048 * 1024 + 1024 + 1024 * 10 + 10
+    small = create_model("resnet20", head_hidden=8)
+    variables = _init(small)
+    logits, feats = small.apply(variables, _images(), train=False, return_features=True)
+    p = variables["params"]
+    hidden = jax.nn.relu(feats["pooled"] @ p["head_hidden"]["kernel"] + p["head_hidden"]["bias"])
+    np.testing.assert_allclose(logits, hidden @ p["head"]["kernel"] + p["head"]["bias"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="head_hidden must be a non-negative integer"):
+        create_model("resnet20", head_hidden=-1)

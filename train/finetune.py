@@ -82,9 +82,12 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
         mean = mean[::-1]
     config = copy.deepcopy(config)
     config.model = meta["model"]
-    config.model_kwargs = ml_collections.ConfigDict(
-        {k: v for k, v in meta["model_kwargs"].items() if k != "num_classes"}
-    )
+    kwargs = {k: v for k, v in meta["model_kwargs"].items() if k not in ("num_classes", "head_hidden")}
+    if config.get("head_hidden", 0):  # the seed article's head: Dense(head_hidden) + ReLU + Dense
+        kwargs["head_hidden"] = config.head_hidden
+        if "head_hidden" not in config.head_modules:
+            config.head_modules = (*config.head_modules, "head_hidden")
+    config.model_kwargs = ml_collections.ConfigDict(kwargs)
     config.normalization = "mean_std"
     config.mean = tuple(float(m) for m in mean)
     config.std = tuple(float(s) for s in std)
