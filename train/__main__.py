@@ -22,6 +22,17 @@ config_flags.DEFINE_config_file(
 flags.mark_flags_as_required(["config"])
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl flag parsing, with an unknown `--config.<field>` turned into one line instead of a traceback."""
+    try:
+        return FLAGS(argv)
+    except flags.Error as e:
+        sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.")
+    except (AttributeError, KeyError) as e:  # ml_collections' report of an override naming no field
+        field = str(e).strip("\"'")
+        sys.exit(f"error: unknown config field {field!r}; every field is listed in configs/default.py")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -29,8 +40,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     import jax
 
-    if FLAGS.config.distributed:
-        jax.distributed.initialize()
+    config = FLAGS.config
+    if config.distributed:
+        jax.distributed.initialize(
+            coordinator_address=config.coordinator_address,
+            num_processes=config.num_processes,
+            process_id=config.process_id,
+        )
     from train import checkpointing, input_pipeline, train
 
     try:
@@ -40,4 +56,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

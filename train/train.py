@@ -424,6 +424,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     bar = tqdm(total=num_steps, initial=step, disable=not (config.progress_bar and is_main), unit="step")
     stopped_by = None
+    eval_metrics = None
     window_start, window_step = time.perf_counter(), step
     with _StopRequest() as stop:
         while step < num_steps:
@@ -488,9 +489,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 f"stopped by {stopped_by} at step {step}; checkpoint saved. Rerun the same command to resume."
             )
         return result
-    final = [r for r in metrics_lib.read_metrics(writer.path) if r["split"] == "test" and r["step"] == step]
-    # A finished run rerun on its workdir trains no step; its final evaluation is already logged.
-    test = final[-1] if final else run_eval(state)
+    # The loop evaluates at the last step. A finished run rerun on its workdir trains no step and
+    # evaluates again rather than reading metrics.jsonl: only process 0 has that file, and every
+    # process must take part in the (collective) evaluation.
+    test = eval_metrics if eval_metrics is not None else run_eval(state)
     result.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
     if is_main:
         metrics_lib.plot_curves(writer.path, os.path.join(workdir, "curves.png"))

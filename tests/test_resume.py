@@ -1,0 +1,169 @@
+"""Save and resume: a stopped run resumed ends bitwise identical to an uninterrupted one.
+
+All runs use the smoke config (resnet20, batch 16, 12 steps) on a small prepared tfds dataset of random
+images; checkpoints every 4 steps and at the evaluations (steps 6 and 12).
+"""
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from configs import smoke
+from train import checkpointing, train
+from train import metrics as metrics_lib
+from train.testing import write_fake_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    # Every run compiles the same programs; the persistent cache makes the repeats (and the CLI
+    # subprocesses, through the environment) load them instead of compiling again.
+    cache = str(tmp_path_factory.mktemp("jax_cache"))
+    old = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield cache
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("fake_tfds"))
+    write_fake_dataset(d, num_train=64, num_test=20)
+    return d
+
+
+def config(data_dir, **overrides):
+    c = smoke.get_config()
+    c.dataset, c.data_dir = "fake_cifar", data_dir
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def final_state(workdir, step=12):
+    return ocp.StandardCheckpointer().restore(Path(workdir) / "checkpoints" / str(step) / "state")
+
+
+def logged(workdir):
+    # Throughput is wall-clock; every other logged value must match exactly.
+    return [{k: v for k, v in r.items() if k != "img_per_sec"} for r in metrics_lib.read_metrics(
+        os.path.join(workdir, "metrics.jsonl"))]
+
+
+def assert_same_run(workdir_a, workdir_b):
+    a, b = final_state(workdir_a), final_state(workdir_b)
+    for key in ("params", "batch_stats", "opt_state", "step"):
+        for x, y in zip(jax.tree.leaves(a[key]), jax.tree.leaves(b[key]), strict=True):
+            np.testing.assert_array_equal(x, y, err_msg=key)
+    assert logged(workdir_a) == logged(workdir_b)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(data_dir, tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    result = train.train_and_evaluate(config(data_dir), workdir)
+    assert result["step"] == 12 and result["stopped_by"] is None
+    return workdir
+
+
+def test_stop_mid_window_and_resume_is_bitwise_identical(data_dir, uninterrupted, tmp_path):
+    # Step 5 is between checkpoints (4, 8) and inside a logging window (4..6).
+    stopped = train.train_and_evaluate(config(data_dir, stop_after_steps=5), str(tmp_path))
+    assert stopped["stopped_by"] == "stop_after_steps" and stopped["step"] == 5
+    assert checkpointing.make_manager(str(tmp_path), 2).latest_step() == 5
+    resumed = train.train_and_evaluate(config(data_dir), str(tmp_path))
+    assert resumed["step"] == 12 and resumed["stopped_by"] is None
+    assert_same_run(uninterrupted, tmp_path)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_kill_between_checkpoints_resumes_from_the_last_one(data_dir, uninterrupted, tmp_path, monkeypatch):
+    original = metrics_lib.MetricsWriter.write
+
+    def write_then_die(self, step, split, metrics):
+        original(self, step, split, metrics)
+        if step == 10:  # after checkpoint 8 and after logging step 10: like kill -9 there
+            raise Killed
+
+    monkeypatch.setattr(metrics_lib.MetricsWriter, "write", write_then_die)
+    with pytest.raises(Killed):
+        train.train_and_evaluate(config(data_dir), str(tmp_path))
+    monkeypatch.setattr(metrics_lib.MetricsWriter, "write", original)
+    assert max(r["step"] for r in logged(tmp_path)) == 10
+    time.sleep(1)  # let the killed run's background save of step 8 land, as it would have on disk
+    train.train_and_evaluate(config(data_dir), str(tmp_path))
+    assert_same_run(uninterrupted, tmp_path)
+
+
+def test_half_written_checkpoint_is_never_latest(data_dir, uninterrupted, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted, workdir)
+    partial = workdir / "checkpoints" / "20.orbax-checkpoint-tmp-1234"
+    (partial / "state").mkdir(parents=True)
+    (partial / "state" / "junk").write_bytes(b"\0" * 10)
+    assert checkpointing.make_manager(str(workdir), 2).latest_step() == 12
+    # Rerunning the finished command resumes at 12: nothing to train, the logged final result stands.
+    result = train.train_and_evaluate(config(data_dir), str(workdir))
+    assert result["step"] == 12 and result["test_accuracy"] == logged(uninterrupted)[-1]["accuracy"]
+
+
+def test_corrupted_checkpoint_is_a_clear_error_and_older_ones_still_work(data_dir, uninterrupted, tmp_path):
+    workdir = tmp_path / "run"
+    shutil.copytree(uninterrupted, workdir)
+    latest = workdir / "checkpoints" / "12"
+    for f in (latest / "state").rglob("*"):
+        if f.is_file() and f.parent.name == "d":  # the array data files
+            f.write_bytes(b"corrupted")
+    with pytest.raises(checkpointing.CheckpointError) as e:
+        train.train_and_evaluate(config(data_dir), str(workdir))
+    msg = str(e.value)
+    assert f"{latest} (step 12)" in msg and "resume from step 8" in msg
+    shutil.rmtree(latest)
+    result = train.train_and_evaluate(config(data_dir), str(workdir))
+    assert result["step"] == 12
+    assert_same_run(uninterrupted, workdir)
+
+
+def test_cli_sigterm_saves_at_the_next_step_and_rerun_resumes(data_dir, uninterrupted, tmp_path, compilation_cache):
+    """The smoke run of the CLI: `python -m train` stopped by SIGTERM, then rerun to the end."""
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": compilation_cache,
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    cmd = [sys.executable, "-m", "train", "--config", str(REPO / "configs" / "smoke.py"),
+           f"--workdir={tmp_path}", "--config.dataset=fake_cifar", f"--config.data_dir={data_dir}",
+           "--config.log_every_steps=1"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    metrics_file = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics_file.exists() and metrics_file.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0, out
+    assert "stopped by SIGTERM at step" in out, out
+    stopped_at = int(out.split("stopped by SIGTERM at step ")[1].split(";")[0])
+    assert stopped_at < 12, "the signal came early; the run should not have finished"
+    assert checkpointing.make_manager(str(tmp_path), 2).latest_step() == stopped_at
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"resuming from {tmp_path}/checkpoints/{stopped_at}" in done.stdout
+    assert "final: test accuracy" in done.stdout.strip().splitlines()[-1]
+    assert (tmp_path / "curves.png").exists() and (tmp_path / "config.json").exists()
+    a, b = final_state(uninterrupted), final_state(tmp_path)
+    for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"]), strict=True):
+        np.testing.assert_array_equal(x, y)
