@@ -41,5 +41,7 @@ def test_missing_workdir_flag():
 def test_missing_dataset_names_the_fixes(tmp_path):
     out = run_cli(f"--workdir={tmp_path / 'run'}", f"--config.data_dir={tmp_path / 'empty'}")
     assert out.returncode != 0
-    assert f"cifar-10-binary.tar.gz in {tmp_path / 'empty'}/downloads/manual/" in out.stderr, out.stderr[-2000:]
+    assert f"cifar-10-binary.tar.gz in {tmp_path / 'empty'}/downloads/manual/" in out.stderr, out.stderr[
+        -2000:
+    ]
     assert "TFDS_DATA_DIR" in out.stderr and "Traceback" not in out.stderr

@@ -59,8 +59,10 @@ def final_state(workdir, step=12):
 
 def logged(workdir):
     # Throughput is wall-clock; every other logged value must match exactly.
-    return [{k: v for k, v in r.items() if k != "img_per_sec"} for r in metrics_lib.read_metrics(
-        os.path.join(workdir, "metrics.jsonl"))]
+    return [
+        {k: v for k, v in r.items() if k != "img_per_sec"}
+        for r in metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
+    ]
 
 
 def assert_same_run(workdir_a, workdir_b):
@@ -140,14 +142,29 @@ def test_corrupted_checkpoint_is_a_clear_error_and_older_ones_still_work(data_di
     assert_same_run(uninterrupted, workdir)
 
 
-def test_cli_sigterm_saves_at_the_next_step_and_rerun_resumes(data_dir, uninterrupted, tmp_path, compilation_cache):
+def test_cli_sigterm_saves_at_the_next_step_and_rerun_resumes(
+    data_dir, uninterrupted, tmp_path, compilation_cache
+):
     """The smoke run of the CLI: `python -m train` stopped by SIGTERM, then rerun to the end."""
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": compilation_cache,
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    cmd = [sys.executable, "-m", "train", "--config", str(REPO / "configs" / "smoke.py"),
-           f"--workdir={tmp_path}", "--config.dataset=fake_cifar", f"--config.data_dir={data_dir}",
-           "--config.log_every_steps=1"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = {
+        **os.environ,
+        "JAX_COMPILATION_CACHE_DIR": compilation_cache,
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "train",
+        "--config",
+        str(REPO / "configs" / "smoke.py"),
+        f"--workdir={tmp_path}",
+        "--config.dataset=fake_cifar",
+        f"--config.data_dir={data_dir}",
+        "--config.log_every_steps=1",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     metrics_file = tmp_path / "metrics.jsonl"
     deadline = time.time() + 240
     while not (metrics_file.exists() and metrics_file.read_text().strip()) and time.time() < deadline:

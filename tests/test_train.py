@@ -12,6 +12,7 @@ import pytest
 
 from configs import smoke
 from resnet_jax import ResNet
+from train import metrics as metrics_lib
 from train import optim, train
 from train.testing import write_fake_dataset
 
@@ -135,7 +136,7 @@ def test_train_and_evaluate_writes_everything(fake_data_dir, tmp_path):
     c = smoke_config(fake_data_dir)
     result = train.train_and_evaluate(c, str(tmp_path))
     assert result["step"] == 12 and result["stopped_by"] is None and 0 <= result["test_accuracy"] <= 1
-    records = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    records = metrics_lib.read_metrics(str(tmp_path / "metrics.jsonl"))
     train_rows = [r for r in records if r["split"] == "train"]
     test_rows = [r for r in records if r["split"] == "test"]
     assert [r["step"] for r in train_rows] == [2, 4, 6, 8, 10, 12]
@@ -145,11 +146,11 @@ def test_train_and_evaluate_writes_everything(fake_data_dir, tmp_path):
     assert test_rows[-1]["accuracy"] == result["test_accuracy"]
     assert (tmp_path / "curves.png").stat().st_size > 1000
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
-    assert json.load(open(tmp_path / "config.json"))["dataset"] == "fake_cifar"
+    assert json.loads((tmp_path / "config.json").read_text())["dataset"] == "fake_cifar"
     steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
     # keep_checkpoints=2 latest (8, 12) plus the best-by-accuracy among the evaluated ones (6 or 12).
     assert steps[-2:] == [8, 12] and set(steps) <= {6, 8, 12}
-    meta = json.load(open(tmp_path / "checkpoints" / "12" / "meta" / "metadata"))
+    meta = json.loads((tmp_path / "checkpoints" / "12" / "meta" / "metadata").read_text())
     assert meta["origin"] == "resnet-jax" and meta["model"] == "resnet20" and meta["step"] == 12
     assert meta["model_kwargs"]["num_classes"] == 10
     assert meta["preprocess"] == {"kind": "mean_std", "mean": list(c.mean), "std": list(c.std)}

@@ -149,7 +149,7 @@ def put_eval(images: np.ndarray, labels: np.ndarray, batch_size: int, mesh: Mesh
 
 
 def batch_indices(key: jax.Array, step: jax.Array, num_examples: int, batch_size: int) -> jax.Array:
-    """Indices of training batch `step`: slice step % steps_per_epoch of epoch step // steps_per_epoch's order.
+    """Indices of training batch `step`: slice `step % steps_per_epoch` of its epoch's order.
 
     Args:
       key: the data-order key (from the seed).

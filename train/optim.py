@@ -13,7 +13,7 @@ WEIGHT_DECAY_ON = ("kernels", "all")
 
 
 def _main_schedule(config: ml_collections.ConfigDict, num_steps: int, offset: int) -> optax.Schedule:
-    """The schedule after warm-up; `offset` steps of warm-up precede it (optax.join_schedules restarts at 0)."""
+    """The schedule after `offset` warm-up steps (optax.join_schedules restarts its count at 0)."""
     lr = config.learning_rate
     if config.schedule == "piecewise":
         return optax.piecewise_constant_schedule(

@@ -38,7 +38,10 @@ def write_fake_dataset(
         )
 
     features = tfds.features.FeaturesDict(
-        {"image": tfds.features.Image(shape=image_shape), "label": tfds.features.ClassLabel(num_classes=num_classes)}
+        {
+            "image": tfds.features.Image(shape=image_shape),
+            "label": tfds.features.ClassLabel(num_classes=num_classes),
+        }
     )
     tfds.dataset_builders.store_as_tfds_dataset(
         name=name,

@@ -7,6 +7,7 @@ without an axis name). The host only dispatches steps; it reads values back ever
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
@@ -306,10 +307,9 @@ class _StopRequest:
 
     def __enter__(self):
         for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
+            # Outside the main thread signals cannot be caught; leave them alone there.
+            with contextlib.suppress(ValueError):
                 self._previous[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
         return self
 
     def _handle(self, signum, frame):
@@ -417,7 +417,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     if is_main:
         print(
             f"{config.model} on {config.dataset}: {num_steps} steps of {config.batch_size} "
-            f"({num_steps / steps_per_epoch:.2f} epochs) on {mesh.size} {jax.devices()[0].platform} device(s)",
+            f"({num_steps / steps_per_epoch:.2f} epochs) on {mesh.size} "
+            f"{mesh.devices.flat[0].platform} device(s)",
             flush=True,
         )
     from tqdm import tqdm
@@ -456,7 +457,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 writer.write(step, "test", eval_metrics)
                 if is_main:
                     bar.write(
-                        f"step {step}: test accuracy {eval_metrics['accuracy']:.4f} loss {eval_metrics['loss']:.4f}"
+                        f"step {step}: test accuracy {eval_metrics['accuracy']:.4f} "
+                        f"loss {eval_metrics['loss']:.4f}"
                     )
                 window_start = time.perf_counter()
             stop_now = stop.signal is not None or step == config.stop_after_steps
