@@ -117,3 +117,40 @@ def parse_records(text: str) -> list[dict]:
     return [
         json.loads(line[len("BENCH_JSON ") :]) for line in text.splitlines() if line.startswith("BENCH_JSON ")
     ]
+
+
+def smoke_model(name: str, dtype=None):
+    """A tiny ResNet with the same block type as `name`, for --smoke runs (compiles in a second or two).
+
+    Smoke runs check that a bench script works end to end; their figures mean nothing.
+    """
+    import jax.numpy as jnp
+
+    import resnet_jax
+
+    dtype = jnp.float32 if dtype is None else dtype
+    if name == "resnet20":
+        return resnet_jax.ResNet(
+            (1, 1, 1),
+            (8, 16, 32),
+            num_classes=10,
+            stem_features=8,
+            cifar_stem=True,
+            shortcut="zero_pad",
+            dtype=dtype,
+        )
+    return resnet_jax.ResNet(
+        (1, 1), (32, 64), block="bottleneck", num_classes=10, stem_features=16, dtype=dtype
+    )
+
+
+def compile_init(fn, *args):
+    """jax.jit(fn) compiled for `args`, without XLA:CPU's backend optimisation.
+
+    Parameter initialisation runs once and is not measured, but its many threefry calls make XLA:CPU's
+    optimising compile slow (about 10 s for a tiny ResNet on this machine, 1 s at level 0).
+    """
+    import jax
+
+    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
+    return jax.jit(fn).lower(*args).compile(options)

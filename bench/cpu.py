@@ -16,9 +16,12 @@ Measured, each as the median img/s of `--windows` timed windows of `--steps` ste
         eval:          the training program's whole-split evaluation (one compiled program).
   torch train_step:    forward + loss + backward + SGD step on one pre-made float batch.
         eval:          no_grad forward in eval mode.
-  first_step_s:        wall time of the first step (JAX: trace + compile + one step; PyTorch: one
-                       eager step including oneDNN's primitive creation).
+  compile_s:           JAX: trace + lower + XLA compile of the bare train step (ahead of time).
+  first_step_s:        wall time to the end of the first step (JAX: compile_s + one step; PyTorch:
+                       one eager step including oneDNN's primitive creation).
   peak_rss_mib:        ru_maxrss of this process.
+With --smoke, JAX runs a tiny stand-in of the same block type (common.smoke_model): a check that the
+script works, not a measurement.
 """
 
 from __future__ import annotations
@@ -38,16 +41,18 @@ IMAGE_SIZE = {"resnet20": 32, "resnet50": 224}
 NUM_CLASSES = {"resnet20": 10, "resnet50": 1000}
 
 
-def jax_forward_flops(model, variables, batch: int, size: int) -> float:
-    """XLA's count of FLOPs (a multiply-add is 2) of one eval forward pass, per image."""
+def jax_forward_flops(model, batch: int, size: int) -> float | None:
+    """XLA's count of FLOPs (a multiply-add is 2) of one eval forward pass, per image.
+
+    Lowered from shapes alone (jax.eval_shape), so no parameters are initialised for it.
+    """
     import jax
     import jax.numpy as jnp
 
-    x = jnp.zeros((batch, size, size, 3), jnp.float32)
+    x = jax.ShapeDtypeStruct((batch, size, size, 3), jnp.float32)
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), train=False))
     compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    return float(cost["flops"]) / batch
+    return _flops(compiled, batch)
 
 
 def bench_jax(args) -> dict:
@@ -70,13 +75,13 @@ def bench_jax(args) -> dict:
     num_steps = 1_000_000
     mesh = tr.make_mesh()
     tr.validate_config(config, mesh.size)
-    model = tr.create_model(config)
+    model = common.smoke_model(args.model, jnp.dtype(args.dtype)) if args.smoke else tr.create_model(config)
+    if args.smoke:
+        config.num_classes = model.num_classes
     tx = optim.create_optimizer(config, num_steps)
     replicated = NamedSharding(mesh, P())
-    init = jax.jit(
-        functools.partial(tr.create_train_state, model=model, tx=tx, image_shape=(size, size, 3)),
-        out_shardings=replicated,
-    )
+    init_fn = functools.partial(tr.create_train_state, model=model, tx=tx, image_shape=(size, size, 3))
+    init = common.compile_init(init_fn, jax.random.key(0))
     mean = jnp.asarray(config.mean, jnp.float32)
     std = jnp.asarray(config.std, jnp.float32)
     rng = np.random.default_rng(0)
@@ -94,22 +99,27 @@ def bench_jax(args) -> dict:
     )
     batch = jax.device_put({"image": images(b), "label": labels(b)}, NamedSharding(mesh, P("data")))
     key = jax.device_put(jax.random.key(1), replicated)
-    state = init(jax.random.key(0))
+    state = jax.device_put(init(jax.random.key(0)), replicated)
+    # Compiled ahead of time so compilation is timed on its own and XLA's cost analysis comes free.
+    t0 = time.perf_counter()
+    compiled = step.lower(state, batch, key).compile()
+    out["compile_s"] = time.perf_counter() - t0
+    out["train_step_flops"] = _flops(compiled, b)
     holder = [state]
+    del state  # donated by the first step
 
     def run_step(k):
         s = holder[0]
         for _ in range(k):
-            s, _ = step(s, batch, key)
+            s, _ = compiled(s, batch, key)
         holder[0] = jax.block_until_ready(s)
 
     t0 = time.perf_counter()
     run_step(1)
-    out["first_step_s"] = time.perf_counter() - t0
+    out["first_step_s"] = out["compile_s"] + time.perf_counter() - t0
     run_step(args.warmup)
     out["train_step"] = common.summarize(common.time_windows(run_step, args.steps, args.windows), b)
-    out["train_step_flops"] = _train_flops(step, holder[0], batch, key, b)
-    del holder[0], state
+    del holder[0]
 
     # The whole program: train_and_evaluate's loop over the split held on device.
     n_train = args.train_examples or max(4 * b, 50_000 if args.model == "resnet20" else 0)
@@ -118,7 +128,10 @@ def bench_jax(args) -> dict:
     eval_data = input_pipeline.put_eval(images(n_eval_batches * b), labels(n_eval_batches * b), b, mesh)
     keys = tuple(jax.random.split(jax.random.key(2)))
     run_train, run_eval = tr._make_loop_fns(config, mesh, train_data, eval_data, keys, mean, std)
-    loop = {"state": init(jax.random.key(0)), "sums": jax.device_put(tr._zero_sums(), replicated)}
+    loop = {
+        "state": jax.device_put(init(jax.random.key(0)), replicated),
+        "sums": jax.device_put(tr._zero_sums(), replicated),
+    }
 
     def run_program(k):
         # As train_and_evaluate: dispatch k steps, then the log step's device_get of the sums and reset.
@@ -139,20 +152,16 @@ def bench_jax(args) -> dict:
     run_eval_k(1)
     per_split = common.time_windows(run_eval_k, 1, args.windows)
     out["eval"] = common.summarize([t / n_eval_batches for t in per_split], b)
-    variables = {"params": loop["state"].params, "batch_stats": loop["state"].batch_stats}
-    out["forward_flops_per_image"] = jax_forward_flops(model, variables, b, size)
+    out["forward_flops_per_image"] = jax_forward_flops(model, b, size)
     out["devices"] = [str(d) for d in jax.devices()]
     return out
 
 
-def _train_flops(step, state, batch, key, b: int) -> float | None:
-    """XLA's FLOP count of the whole jitted train step, per image (for reference next to 3x forward)."""
-    try:
-        cost = step.lower(state, batch, key).compile().cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        return float(cost["flops"]) / b
-    except Exception:  # cost analysis is best-effort in XLA; the figure is informative only
-        return None
+def _flops(compiled, b: int) -> float | None:
+    """XLA's FLOP count of a compiled program, per image (None where XLA gives no count)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"]) / b if cost and "flops" in cost else None
 
 
 def bench_torch(args, threads: int) -> dict:
@@ -233,6 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         "image_size": IMAGE_SIZE[args.model],
         "threads": threads,
         "channels_last": args.channels_last,
+        "smoke": args.smoke,
         "steps": args.steps,
         "windows": args.windows,
         **out,

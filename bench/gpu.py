@@ -33,7 +33,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path[:0] = [str(REPO), str(REPO / "bench")]
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -75,24 +75,10 @@ def jax_models(smoke: bool):
     import resnet_jax
 
     if smoke:
-        r50 = resnet_jax.ResNet(
-            (1, 1),
-            (32, 64),
-            block="bottleneck",
-            num_classes=10,
-            stem_features=16,
-            dtype=jnp.bfloat16,
-        )
-        r20 = functools.partial(
-            resnet_jax.ResNet,
-            (1, 1, 1),
-            (8, 16, 32),
-            num_classes=10,
-            stem_features=8,
-            cifar_stem=True,
-            shortcut="zero_pad",
-        )
-        return {"resnet50": (r50, 64, 2), "resnet20": (r20, 32, 2)}
+        import common
+
+        r20 = functools.partial(common.smoke_model, "resnet20")
+        return {"resnet50": (common.smoke_model("resnet50", jnp.bfloat16), 64, 2), "resnet20": (r20, 32, 2)}
     r20 = functools.partial(resnet_jax.create_model, "resnet20")
     return {
         "resnet50": (resnet_jax.create_model("resnet50", dtype=jnp.bfloat16), 224, 256),
@@ -231,7 +217,10 @@ def _state(steps: dict, model, size: int, batch: int, mesh):
     config = SimpleNamespace(**OPTIM, batch_size=batch, pad=4, flip=True)
     tx = steps["create_optimizer"](config, 1_000_000)
     init = functools.partial(steps["create_state"], model=model, tx=tx, image_shape=(size, size, 3))
-    return config, jax.jit(init, out_shardings=NamedSharding(mesh, P()))(jax.random.key(0))
+    import common
+
+    state = common.compile_init(init, jax.random.key(0))(jax.random.key(0))
+    return config, jax.device_put(state, NamedSharding(mesh, P()))
 
 
 def jax_resnet50(args, steps: dict, mesh, rng) -> list[dict]:
@@ -352,7 +341,8 @@ def bench_jax(args) -> list[dict]:
         rng.integers(0, 10, (n,), dtype=np.int32),
         mesh,
     )
-    rows += [jax_resnet20(args, steps, mesh, data, dtype) for dtype in ("float32", "bfloat16")]
+    dtypes = ("float32",) if args.smoke else ("float32", "bfloat16")  # smoke: the same code, once
+    rows += [jax_resnet20(args, steps, mesh, data, dtype) for dtype in dtypes]
     for r in rows:
         r["step"] = steps["label"]
         r["device"] = str(jax.devices()[0].device_kind)
