@@ -403,14 +403,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         step = latest
         if is_main:
             print(f"resuming from {manager.directory}/{latest} (step {latest} of {num_steps})", flush=True)
-    last_saved = step
 
     def save(at_step, eval_metrics=None):
-        nonlocal last_saved
         checkpointing.save(
             manager, at_step, _checkpoint_state(state, sums), {**meta, "step": at_step}, eval_metrics
         )
-        last_saved = at_step
 
     writer = metrics_lib.MetricsWriter(workdir, step, enabled=is_main)
     run_train, run_eval = _make_loop_fns(config, mesh, train_data, eval_data, (data_key, aug_key), mean, std)
@@ -453,6 +450,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 window_start, window_step = time.perf_counter(), step
             eval_metrics = None
             if step == num_steps or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0):
+                eval_start = time.perf_counter()
                 eval_metrics = run_eval(state)
                 writer.write(step, "test", eval_metrics)
                 if is_main:
@@ -460,7 +458,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                         f"step {step}: test accuracy {eval_metrics['accuracy']:.4f} "
                         f"loss {eval_metrics['loss']:.4f}"
                     )
-                window_start = time.perf_counter()
+                window_start += time.perf_counter() - eval_start  # img/s counts training time only
             stop_now = stop.signal is not None or step == config.stop_after_steps
             if (
                 eval_metrics is not None
