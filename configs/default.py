@@ -63,5 +63,10 @@ def get_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3  # the latest N; the best by test accuracy is kept as well
     c.stop_after_steps = -1  # >0: save and stop once this step is reached (simulates preemption)
     c.progress_bar = True
-    c.distributed = False  # call jax.distributed.initialize() (multi-host TPU/GPU)
+    # Multi-host: call jax.distributed.initialize() before anything touches the devices. On TPU pods,
+    # SLURM and Open MPI the three fields below are detected; elsewhere set all three on every process.
+    c.distributed = False
+    c.coordinator_address = config_dict.placeholder(str)  # "host:port" of process 0
+    c.num_processes = config_dict.placeholder(int)
+    c.process_id = config_dict.placeholder(int)
     return c
