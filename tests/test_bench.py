@@ -15,9 +15,11 @@ sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
 
+BLOCKED = ("tensorflow", "tensorflow_datasets", "ml_collections")
 
-def _run(args: list[str], prelude: str = "") -> str:
-    """Runs a bench script in a fresh process (its own thread and device setup) and returns stdout."""
+
+def _start(args: list[str], prelude: str = "") -> subprocess.Popen:
+    """Starts a bench script in a fresh process (its own thread and device setup)."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     code = "\n".join(
         [
@@ -27,19 +29,44 @@ def _run(args: list[str], prelude: str = "") -> str:
             f"runpy.run_path({args[0]!r}, run_name='__main__')",
         ]
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return proc.stdout
+    return subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
 
 
 @pytest.fixture(scope="module")
-def smoke_records() -> dict[str, dict]:
-    out = {}
-    for fw in ("jax", "torch"):
-        text = _run([str(BENCH / "cpu.py"), "--framework", fw, "--model", "resnet20", "--smoke"])
-        (record,) = common.parse_records(text)
-        out[fw] = record
+def runs() -> dict[str, subprocess.Popen]:
+    """Every smoke run, started at once so the module's wall time is the longest run, not their sum."""
+    cpu = [str(BENCH / "cpu.py"), "--model", "resnet20", "--smoke", "--framework"]
+    procs = {
+        "jax": _start([*cpu, "jax"]),
+        "torch": _start([*cpu, "torch"]),
+        "matmul": _start([str(BENCH / "matmul_peak.py"), "--smoke"]),
+        "gpu": _start(
+            [str(BENCH / "gpu.py"), "--smoke", "--part", "jax"],
+            f"sys.modules.update(dict.fromkeys({BLOCKED!r}))",
+        ),
+    }
+    yield procs
+    for p in procs.values():
+        if p.poll() is None:
+            p.kill()
+
+
+def _output(proc: subprocess.Popen) -> str:
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out + err
     return out
+
+
+@pytest.fixture(scope="module")
+def smoke_records(runs) -> dict[str, dict]:
+    return {fw: common.parse_records(_output(runs[fw]))[0] for fw in ("jax", "torch")}
 
 
 def test_torch_resnet20_is_the_papers():
@@ -67,8 +94,8 @@ def test_forward_flops_match_torchvision_published_count():
     assert macs / 1e6 == pytest.approx(40.55, abs=0.01)
 
 
-def test_matmul_peak_smoke():
-    records = common.parse_records(_run([str(BENCH / "matmul_peak.py"), "--smoke"]))
+def test_matmul_peak_smoke(runs):
+    records = common.parse_records(_output(runs["matmul"]))
     assert {(r["lib"], r["dtype"]) for r in records} == set(__import__("matmul_peak").CASES)
     assert all(r["flop_s"] > 0 and r["threads"] >= 1 for r in records)
 
@@ -106,9 +133,7 @@ def test_run_all_tables(smoke_records):
     assert "| resnet20 | float32 | 2 |" in text
 
 
-def test_gpu_bench_runs_without_tensorflow_or_ml_collections():
-    blocked = ("tensorflow", "tensorflow_datasets", "ml_collections")
-    prelude = f"sys.modules.update(dict.fromkeys({blocked!r}))"
-    text = _run([str(BENCH / "gpu.py"), "--smoke", "--part", "jax"], prelude)
+def test_gpu_bench_runs_without_tensorflow_or_ml_collections(runs):
+    text = _output(runs["gpu"])
     assert "using the bench's own equivalent step" in text
     assert text.count('"img_s"') == 3  # resnet50 train and eval, resnet20 training loop
