@@ -1,8 +1,8 @@
 """A fast recipe: ResNet-20 to ~85%+ CIFAR-10 test accuracy in 10 epochs.
 
-Few epochs want a one-cycle schedule (short warm-up to a high peak, then a long anneal to ~0), a
-larger batch with the peak lr scaled to it, Nesterov momentum, label smoothing, and a stronger weight
-decay on the kernels only (decaying BN scales and biases hurts short runs).
+Few epochs want a one-cycle schedule (short warm-up to twice the paper's lr, then a long anneal to
+~0), Nesterov momentum, label smoothing, and a stronger weight decay on the kernels only (decaying BN
+scales and biases hurts short runs). See BENCHMARKS.md "Training" for the runs behind these values.
 """
 
 from configs import default
