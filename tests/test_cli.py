@@ -20,7 +20,7 @@ def run_cli(*args, timeout=180):
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--config.bogus_field=1"], "bogus_field"),
+        (["--config.bogus_field=1"], "error: unknown config field 'bogus_field'"),
         (["--config.batch_size=abc"], "batch_size"),
         (["--config.batch_size=12"], "batch_size=12 must be a positive multiple of the 8 devices"),
         (["--config.schedule=linear", "--config.momentum=2.0"], "schedule='linear' must be one of"),

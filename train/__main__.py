@@ -29,8 +29,11 @@ def parse_flags(argv: list[str]) -> list[str]:
     except flags.Error as e:
         sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.")
     except (AttributeError, KeyError) as e:  # ml_collections' report of an override naming no field
-        field = str(e).strip("\"'")
-        sys.exit(f"error: unknown config field {field!r}; every field is listed in configs/default.py")
+        detail = e  # ml_collections wraps a KeyError whose message holds the field and a suggestion
+        while isinstance(detail, BaseException) and detail.args:
+            detail = detail.args[0]
+        detail = str(detail).replace("\n", ". ")
+        sys.exit(f"error: unknown config field {detail} (every field is listed in configs/default.py)")
 
 
 def main(argv):
