@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import jax
-import ml_collections
 import optax
 from flax import traverse_util
+
+if TYPE_CHECKING:  # annotations only (strings); lets the GPU image without ml_collections import this
+    import ml_collections
 
 SCHEDULES = ("piecewise", "cosine", "onecycle", "constant")
 WARMUPS = ("linear", "constant")

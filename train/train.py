@@ -14,12 +14,11 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax.training import train_state
@@ -29,6 +28,9 @@ from jax.sharding import PartitionSpec as P
 import resnet_jax
 from train import checkpointing, input_pipeline, optim
 from train import metrics as metrics_lib
+
+if TYPE_CHECKING:  # annotations only (strings); lets the GPU image without ml_collections import this
+    import ml_collections
 
 NORMALIZATIONS = ("mean_std", "per_pixel")
 
