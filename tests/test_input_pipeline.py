@@ -141,3 +141,19 @@ def test_real_cifar10_offline_copy(real_cifar10):
     mesh = make_mesh()
     split = input_pipeline.put_eval(test_images, test_labels, 1024, mesh)
     assert float(split.mask.sum()) == 10_000 and split.images.shape[0] == 10
+
+
+def test_reachability_probe_distinguishes_open_and_closed_ports(monkeypatch):
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        real = socket.create_connection
+        monkeypatch.setattr(
+            socket, "create_connection", lambda addr, timeout: real(("127.0.0.1", port), timeout)
+        )
+        assert input_pipeline._reachable("example.invalid")
+    monkeypatch.undo()
+    assert not input_pipeline._reachable("host.invalid", timeout_s=2)  # .invalid never resolves (RFC 6761)

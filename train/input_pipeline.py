@@ -21,6 +21,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 # The archives the tfds builders fetch; when one sits in <data_dir>/downloads/manual/ tfds uses it
 # instead of downloading.
 MANUAL_ARCHIVES = {"cifar10": "cifar-10-binary.tar.gz", "cifar100": "cifar-100-binary.tar.gz"}
+# Where those archives come from. tfds retries an unreachable host for minutes, so the host is probed
+# first and an offline machine gets the message at once.
+DOWNLOAD_HOSTS = {"cifar10": "www.cs.toronto.edu", "cifar100": "www.cs.toronto.edu"}
 
 
 class DatasetUnavailableError(RuntimeError):
@@ -63,14 +66,14 @@ def resolve_data_dir(data_dir: str | None) -> str:
 
 
 def get_builder(name: str, data_dir: str | None) -> Any:
-    """A prepared tfds builder for `name`, preparing it from a manually placed archive if there is one.
+    """A prepared tfds builder for `name`: prepared already, from a manually placed archive, or downloaded.
 
     Args:
       name: tfds dataset name, e.g. 'cifar10'.
       data_dir: tfds data dir; None means $TFDS_DATA_DIR or ~/tensorflow_datasets.
 
     Raises:
-      DatasetUnavailableError: the dataset is not prepared and cannot be prepared without a download.
+      DatasetUnavailableError: the dataset is not prepared and its download host is unreachable.
         Checked before tfds would try the network, so nothing hangs on a machine without internet.
     """
     tfds = _tfds()
@@ -86,14 +89,33 @@ def get_builder(name: str, data_dir: str | None) -> Any:
     if archive and os.path.exists(os.path.join(manual_dir, archive)):
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
         return builder
+    host = DOWNLOAD_HOSTS.get(name)
+    if host is None or _reachable(host):
+        try:
+            builder.download_and_prepare()
+            return builder
+        except Exception as e:  # tfds raises many kinds (network, checksums, manual download required)
+            reason = f"its download failed: {type(e).__name__}: {str(e)[:300]}"
+    else:
+        reason = f"{host} is unreachable, so it cannot be downloaded"
     what = f"put {archive} in {manual_dir}/" if archive else "prepare it with tfds on a machine with internet"
     raise DatasetUnavailableError(
         f"dataset {name!r} is not prepared: tfds looked for {builder.data_dir} and did not find it "
         f"(data_dir {root}, from config.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets), "
-        f"and this program does not download. Fix either way: (1) {what} and rerun, or "
-        f"(2) point --config.data_dir (or TFDS_DATA_DIR) at a directory holding a prepared copy "
-        f"({name}/<version>/ inside it)."
+        f"and {reason}. Fix either way: (1) {what} and rerun, or (2) point --config.data_dir (or "
+        f"TFDS_DATA_DIR) at a directory holding a prepared copy ({name}/<version>/ inside it)."
     )
+
+
+def _reachable(host: str, timeout_s: float = 5.0) -> bool:
+    """Whether an HTTPS connection to `host` opens within `timeout_s` (DNS included)."""
+    import socket
+
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def load_split(builder: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
