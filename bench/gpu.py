@@ -12,11 +12,9 @@ Prints one markdown table:
     training loop's own per-step program (batch selection + augmentation + step), float32 and bf16;
   - torchvision resnet50, bf16 autocast (AMP) and channels_last, batch 256, training and eval, same GPU.
 
-Imports only jax, flax, optax, numpy, resnet_jax, train.input_pipeline and (if importable) train.train, and
-torch/torchvision in a separate process: no tensorflow, tensorflow_datasets or ml_collections. When
-train.train cannot be imported there (it imports ml_collections at module level), `--step auto` falls
-back to a step written here from resnet_jax + optax + train.input_pipeline with the same augmentation,
-loss and optimiser, and the table says which step ran.
+Imports only jax, flax, optax, numpy, resnet_jax and train.train / train.input_pipeline / train.optim
+(none of which imports tensorflow, tensorflow_datasets or ml_collections at module level), and
+torch/torchvision in a separate process.
 """
 
 from __future__ import annotations
@@ -86,126 +84,19 @@ def jax_models(smoke: bool):
     }
 
 
-def load_steps(mode: str) -> dict:
-    """The JAX pieces: train_step, jit, create_state, create_optimizer, tr (train.train or None), label.
+def load_steps() -> dict:
+    """The project's JAX pieces (train.train and train.optim import neither tensorflow nor ml_collections)."""
+    from train import optim
+    from train import train as tr
 
-    Args:
-      mode: 'project' (train.train's; fails if it cannot be imported), 'local' (this file's equivalents)
-        or 'auto' (project, else local when train.train's imports of ml_collections/tensorflow fail).
-    """
-    if mode in ("auto", "project"):
-        try:
-            from train import optim
-            from train import train as tr
-
-            return dict(
-                train_step=tr.train_step,
-                jit=tr.jit_train_step,
-                create_state=tr.create_train_state,
-                create_optimizer=optim.create_optimizer,
-                tr=tr,
-                label="project step (train.train.train_step)",
-            )
-        except ModuleNotFoundError as e:
-            if mode == "project" or e.name not in ("ml_collections", "tensorflow", "tensorflow_datasets"):
-                raise
-            print(f"train.train not importable here ({e}); using the bench's own equivalent step", flush=True)
     return dict(
-        train_step=local_train_step,
-        jit=local_jit,
-        create_state=local_create_state,
-        create_optimizer=local_optimizer,
-        tr=None,
-        label="bench step (resnet_jax + optax + train.input_pipeline; same loss/optimiser)",
+        train_step=tr.train_step,
+        jit=tr.jit_train_step,
+        create_state=tr.create_train_state,
+        create_optimizer=optim.create_optimizer,
+        tr=tr,
+        label="project step (train.train.train_step)",
     )
-
-
-def local_optimizer(config, num_steps: int):
-    """train.optim.create_optimizer's SGD for a constant schedule: decay on kernels, then momentum SGD."""
-    import optax
-    from flax import traverse_util
-
-    def mask(params):
-        flat = traverse_util.flatten_dict(params)
-        return traverse_util.unflatten_dict({k: k[-1] == "kernel" for k in flat})
-
-    return optax.chain(
-        optax.add_decayed_weights(config.weight_decay, mask=mask),
-        optax.sgd(config.learning_rate, momentum=config.momentum, nesterov=config.nesterov),
-    )
-
-
-def local_create_state(rng, model, tx, image_shape):
-    import jax.numpy as jnp
-    from flax.training import train_state
-
-    class State(train_state.TrainState):
-        batch_stats: dict
-
-    v = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-    return State.create(apply_fn=model.apply, params=v["params"], tx=tx, batch_stats=v["batch_stats"])
-
-
-def local_train_step(state, batch, rng, *, mean, std, pad=4, flip=True, label_smoothing=0.0):
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from train import input_pipeline
-
-    x = input_pipeline.normalize(input_pipeline.augment(batch["image"], rng, pad, flip), mean, std)
-
-    def loss_fn(params):
-        logits, upd = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
-        )
-        loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
-        return loss, (logits, upd["batch_stats"])
-
-    (loss, (logits, bs)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    state = state.apply_gradients(grads=grads, batch_stats=bs)
-    return state, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
-
-
-def local_jit(step_fn, mesh):
-    import jax
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    rep = NamedSharding(mesh, P())
-    return jax.jit(
-        step_fn,
-        in_shardings=(rep, NamedSharding(mesh, P("data")), rep),
-        out_shardings=(rep, rep),
-        donate_argnums=0,
-    )
-
-
-def local_program(config, mesh, train_data, step_fn, keys):
-    """train.train._make_loop_fns' per-step program: pick the batch on device, augment, step, add sums."""
-    import jax
-    from jax.sharding import NamedSharding
-    from jax.sharding import PartitionSpec as P
-
-    from train import input_pipeline
-
-    data_key, aug_key = keys
-    rep, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-
-    def train_fn(state, sums, images, labels):
-        data = input_pipeline.InMemorySplit(images, labels, None, train_data.num_examples)
-        batch = jax.lax.with_sharding_constraint(
-            input_pipeline.train_batch(data, data_key, state.step, config.batch_size), sharded
-        )
-        state, m = step_fn(state, batch, jax.random.fold_in(aug_key, state.step))
-        return state, {
-            "loss": sums["loss"] + m["loss"],
-            "accuracy": sums["accuracy"] + m["accuracy"],
-            "steps": sums["steps"] + 1,
-        }
-
-    jitted = jax.jit(train_fn, out_shardings=(rep, rep), donate_argnums=(0, 1))
-    return lambda state, sums: jitted(state, sums, train_data.images, train_data.labels)
 
 
 def _state(steps: dict, model, size: int, batch: int, mesh):
@@ -288,11 +179,7 @@ def jax_resnet20(args, steps: dict, mesh, data, dtype: str) -> dict:
     config, state = _state(steps, make(dtype=jnp.dtype(dtype)), size, b, mesh)
     mean, std = jnp.asarray(CIFAR_MEAN), jnp.asarray(CIFAR_STD)
     keys = tuple(jax.random.split(jax.random.key(2)))
-    if steps["tr"] is not None:
-        run_train, _ = steps["tr"]._make_loop_fns(config, mesh, data, data, keys, mean, std)
-    else:
-        step_fn = functools.partial(steps["train_step"], mean=mean, std=std, pad=4, flip=True)
-        run_train = local_program(config, mesh, data, step_fn, keys)
+    run_train, _ = steps["tr"]._make_loop_fns(config, mesh, data, data, keys, mean, std)
     rep = NamedSharding(mesh, P())
 
     def zeros():  # fresh each time: the program donates its sums
@@ -330,7 +217,7 @@ def bench_jax(args) -> list[dict]:
 
     from train import input_pipeline
 
-    steps = load_steps(args.step)
+    steps = load_steps()
     mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
     rng = np.random.default_rng(0)
     rows = jax_resnet50(args, steps, mesh, rng)
@@ -455,12 +342,6 @@ def main(argv: list[str] | None = None) -> None:
         choices=("all", "jax", "torch"),
         default="all",
         help="all: run the jax and torch parts in separate processes (each frees its GPU memory)",
-    )
-    p.add_argument(
-        "--step",
-        choices=("auto", "project", "local"),
-        default="auto",
-        help="project: train.train.train_step; local: the bench's equivalent; auto: project if importable",
     )
     p.add_argument("--steps", type=int, default=10, help="steps per timed window")
     p.add_argument("--windows", type=int, default=5, help="timed windows (median reported)")
