@@ -8,7 +8,7 @@ every configuration in its own process so each peak-memory figure belongs to one
 
 Measured, each as the median img/s of `--windows` timed windows of `--steps` steps after warm-up:
   jax   train_program: the training loop of train.train_and_evaluate (its own compiled per-step
-                       program from train.train._make_loop_fns: batch selection from the uint8 split
+                       program from train.train.make_loop_fns: batch selection from the uint8 split
                        held on device, crop/flip/normalise, forward, backward, SGD update, metric
                        sums; host syncs every log_every_steps) on synthetic uint8 data.
         train_step:    the bare jitted train.train.train_step (train.train.jit_train_step), called in
@@ -125,7 +125,7 @@ def bench_jax(args) -> dict:
     train_data = input_pipeline.put_train(images(n_train), labels(n_train), mesh)
     eval_data = input_pipeline.put_eval(images(n_eval_batches * b), labels(n_eval_batches * b), b, mesh)
     keys = tuple(jax.random.split(jax.random.key(2)))
-    run_train, run_eval = tr._make_loop_fns(config, mesh, train_data, eval_data, keys, mean, std)
+    run_train, run_eval = tr.make_loop_fns(config, mesh, train_data, eval_data, keys, mean, std)
     loop = {
         "state": jax.device_put(init(jax.random.key(0)), replicated),
         "sums": jax.device_put(tr._zero_sums(), replicated),

@@ -179,7 +179,7 @@ def jax_resnet20(args, steps: dict, mesh, data, dtype: str) -> dict:
     config, state = _state(steps, make(dtype=jnp.dtype(dtype)), size, b, mesh)
     mean, std = jnp.asarray(CIFAR_MEAN), jnp.asarray(CIFAR_STD)
     keys = tuple(jax.random.split(jax.random.key(2)))
-    run_train, _ = steps["tr"]._make_loop_fns(config, mesh, data, data, keys, mean, std)
+    run_train, _ = steps["tr"].make_loop_fns(config, mesh, data, data, keys, mean, std)
     rep = NamedSharding(mesh, P())
 
     def zeros():  # fresh each time: the program donates its sums

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax.checkpoint import load_checkpoint, load_meta
@@ -37,32 +36,6 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         raise FileNotFoundError(f"{path} not found: --workdir must be a training run's directory")
     with open(path) as f:
         return ml_collections.ConfigDict(json.load(f))
-
-
-def make_eval_fn(mesh: Mesh, mean: jax.Array, std: jax.Array) -> Callable[..., dict[str, jax.Array]]:
-    """A jitted `eval_fn(state, data)` summing `train.eval_step` over every batch of an eval split.
-
-    Args:
-      mesh: the device mesh; each batch is sharded over its 'data' axis.
-      mean, std: the normalisation `eval_step` applies.
-
-    Returns:
-      eval_fn(state, data: input_pipeline.InMemorySplit from put_eval) -> {'loss', 'correct', 'count'} sums.
-    """
-    sharded = NamedSharding(mesh, P("data"))
-
-    @jax.jit
-    def sums(state, images, labels, mask):
-        def body(k, totals):
-            batch = jax.lax.with_sharding_constraint(
-                {"image": images[k], "label": labels[k], "mask": mask[k]}, sharded
-            )
-            return jax.tree.map(jnp.add, totals, train.eval_step(state, batch, mean=mean, std=std))
-
-        zeros = {"loss": jnp.float32(0), "correct": jnp.float32(0), "count": jnp.float32(0)}
-        return jax.lax.fori_loop(0, images.shape[0], body, zeros)
-
-    return lambda state, data: sums(state, data.images, data.labels, data.mask)
 
 
 def evaluate(
@@ -94,10 +67,8 @@ def evaluate(
     if reverse_channels:
         images = np.ascontiguousarray(images[..., ::-1])
     data = input_pipeline.put_eval(images, labels, config.eval_batch_size, mesh)
-    state = train.TrainState(
-        step=meta["step"], apply_fn=model.apply, tx=None, opt_state=None, **variables
-    )
-    eval_fn = make_eval_fn(mesh, jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
+    state = train.TrainState(step=meta["step"], apply_fn=model.apply, tx=None, opt_state=None, **variables)
+    eval_fn = train.make_eval_fn(mesh, jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
     totals = jax.device_get(eval_fn(state, data))
     n = float(totals["count"])
     return {
@@ -115,9 +86,7 @@ def main(argv: list[str]) -> None:
     del argv
     flags_ = flags.FLAGS
     try:
-        result = evaluate(
-            flags_.workdir, step=flags_.step, data_dir=flags_.data_dir, split=flags_.split
-        )
+        result = evaluate(flags_.workdir, step=flags_.step, data_dir=flags_.data_dir, split=flags_.split)
     except (FileNotFoundError, ValueError, input_pipeline.DatasetUnavailableError) as e:
         sys.exit(f"error: {e}")
     print(

@@ -238,12 +238,58 @@ def jit_train_step(step_fn: Callable, mesh: Mesh) -> Callable:
     )
 
 
+def make_eval_fn(mesh: Mesh, mean: jax.Array, std: jax.Array) -> Callable[..., dict[str, jax.Array]]:
+    """A jitted `eval_fn(state, data)` summing `eval_step` over every batch of a padded eval split.
+
+    Args:
+      mesh: the device mesh; each batch is sharded over its 'data' axis.
+      mean, std: the normalisation `eval_step` applies.
+
+    Returns:
+      eval_fn(state, data: input_pipeline.InMemorySplit from put_eval) -> {'loss', 'correct', 'count'}
+      sums, replicated (readable on every process).
+    """
+    sharded = NamedSharding(mesh, P("data"))
+
+    @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
+    def sums(state, images, labels, mask):
+        def body(k, totals):
+            batch = {"image": images[k], "label": labels[k], "mask": mask[k]}
+            batch = jax.lax.with_sharding_constraint(batch, sharded)
+            return jax.tree.map(jnp.add, totals, eval_step(state, batch, mean=mean, std=std))
+
+        zeros = {"loss": jnp.float32(0), "correct": jnp.float32(0), "count": jnp.float32(0)}
+        return jax.lax.fori_loop(0, images.shape[0], body, zeros)
+
+    return lambda state, data: sums(state, data.images, data.labels, data.mask)
+
+
 def _zero_sums() -> dict[str, jax.Array]:
     return {"loss": jnp.float32(0), "accuracy": jnp.float32(0), "steps": jnp.float32(0)}
 
 
-def _make_loop_fns(config, mesh, train_data, eval_data, keys, mean, std):
-    """The two compiled programs of the loop: one training step with its batch, and a whole evaluation."""
+def make_loop_fns(
+    config: ml_collections.ConfigDict,
+    mesh: Mesh,
+    train_data: input_pipeline.InMemorySplit,
+    eval_data: input_pipeline.InMemorySplit,
+    keys: tuple[jax.Array, jax.Array],
+    mean: jax.Array,
+    std: jax.Array,
+) -> tuple[Callable, Callable]:
+    """The two compiled programs of the loop: one training step with its batch, and a whole evaluation.
+
+    Args:
+      config: uses batch_size, pad, flip, label_smoothing.
+      mesh: the device mesh.
+      train_data, eval_data: splits from input_pipeline.put_train / put_eval.
+      keys: (data-order key, augmentation key).
+      mean, std: the normalisation.
+
+    Returns:
+      run_train(state, sums) -> (state, sums) (one step; both donated) and
+      run_eval(state) -> {'loss', 'accuracy', 'examples'} as Python numbers.
+    """
     replicated = NamedSharding(mesh, P())
     sharded = NamedSharding(mesh, P("data"))
     data_key, aug_key = keys
@@ -268,24 +314,14 @@ def _make_loop_fns(config, mesh, train_data, eval_data, keys, mean, std):
         }
         return state, sums
 
-    def eval_fn(state, images, labels, mask):
-        def body(k, totals):
-            batch = {"image": images[k], "label": labels[k], "mask": mask[k]}
-            batch = jax.lax.with_sharding_constraint(batch, sharded)
-            out = eval_step(state, batch, mean=mean, std=std)
-            return jax.tree.map(jnp.add, totals, out)
-
-        zeros = {"loss": jnp.float32(0), "correct": jnp.float32(0), "count": jnp.float32(0)}
-        return jax.lax.fori_loop(0, images.shape[0], body, zeros)
-
     train_jit = jax.jit(train_fn, out_shardings=(replicated, replicated), donate_argnums=(0, 1))
-    eval_jit = jax.jit(eval_fn, out_shardings=replicated)
+    eval_fn = make_eval_fn(mesh, mean, std)
 
     def run_train(state, sums):
         return train_jit(state, sums, train_data.images, train_data.labels)
 
     def run_eval(state):
-        totals = jax.device_get(eval_jit(state, eval_data.images, eval_data.labels, eval_data.mask))
+        totals = jax.device_get(eval_fn(state, eval_data))
         n = float(totals["count"])
         return {
             "loss": float(totals["loss"]) / n,
@@ -412,7 +448,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )
 
     writer = metrics_lib.MetricsWriter(workdir, step, enabled=is_main)
-    run_train, run_eval = _make_loop_fns(config, mesh, train_data, eval_data, (data_key, aug_key), mean, std)
+    run_train, run_eval = make_loop_fns(config, mesh, train_data, eval_data, (data_key, aug_key), mean, std)
     if is_main:
         print(
             f"{config.model} on {config.dataset}: {num_steps} steps of {config.batch_size} "
