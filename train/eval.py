@@ -13,7 +13,6 @@ import os
 import sys
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
@@ -69,12 +68,8 @@ def evaluate(
     data = input_pipeline.put_eval(images, labels, config.eval_batch_size, mesh)
     state = train.TrainState(step=meta["step"], apply_fn=model.apply, tx=None, opt_state=None, **variables)
     eval_fn = train.make_eval_fn(mesh, jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
-    totals = jax.device_get(eval_fn(state, data))
-    n = float(totals["count"])
     return {
-        "accuracy": float(totals["correct"]) / n,
-        "loss": float(totals["loss"]) / n,
-        "examples": int(n),
+        **train.eval_summary(eval_fn(state, data)),
         "step": meta["step"],
         "checkpoint": os.path.join(os.path.abspath(workdir), "checkpoints", str(meta["step"])),
     }

@@ -264,6 +264,13 @@ def make_eval_fn(mesh: Mesh, mean: jax.Array, std: jax.Array) -> Callable[..., d
     return lambda state, data: sums(state, data.images, data.labels, data.mask)
 
 
+def eval_summary(sums: dict[str, jax.Array]) -> dict[str, Any]:
+    """{'loss', 'accuracy', 'examples'} as Python numbers from make_eval_fn's sums (a host sync)."""
+    totals = jax.device_get(sums)
+    n = float(totals["count"])
+    return {"loss": float(totals["loss"]) / n, "accuracy": float(totals["correct"]) / n, "examples": int(n)}
+
+
 def _zero_sums() -> dict[str, jax.Array]:
     return {"loss": jnp.float32(0), "accuracy": jnp.float32(0), "steps": jnp.float32(0)}
 
@@ -321,13 +328,7 @@ def make_loop_fns(
         return train_jit(state, sums, train_data.images, train_data.labels)
 
     def run_eval(state):
-        totals = jax.device_get(eval_fn(state, eval_data))
-        n = float(totals["count"])
-        return {
-            "loss": float(totals["loss"]) / n,
-            "accuracy": float(totals["correct"]) / n,
-            "examples": int(n),
-        }
+        return eval_summary(eval_fn(state, eval_data))
 
     return run_train, run_eval
 
