@@ -37,6 +37,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Optimisation: SGD with momentum; the paper's lr 0.1, /10 at 32k and 48k, stop at 64k, batch 128.
     c.batch_size = 128  # global, over all devices and processes
     c.eval_batch_size = 1000
+    # Also report 'accuracy_hflip': the prediction from the mean softmax of each test image and its
+    # mirror image (flip test-time augmentation). 'accuracy' always stays the single-view figure.
+    c.eval_hflip = False
     c.num_train_steps = 64_000  # -1: num_epochs * steps per epoch
     c.num_epochs = -1.0
     c.learning_rate = 0.1  # base (peak) learning rate

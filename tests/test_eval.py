@@ -25,6 +25,7 @@ def smoke_run(tmp_path_factory):
     config.data_dir = data_dir
     config.eval_batch_size = 8  # 20 examples: the last batch is padded, and must not be counted twice
     config.keep_checkpoints = 4  # keep step 6 (evaluated mid-run) too
+    config.eval_hflip = True
     workdir = str(tmp_path_factory.mktemp("run"))
     result = train.train_and_evaluate(config, workdir)
     return workdir, data_dir, result
@@ -40,6 +41,10 @@ def test_evaluate_equals_the_final_logged_evaluation(smoke_run):
     assert got["step"] == 12 and got["examples"] == 20 == final["examples"]
     assert got["accuracy"] == final["accuracy"] == result["test_accuracy"]
     assert got["loss"] == pytest.approx(final["loss"], rel=1e-6)
+    assert "accuracy_hflip" not in got
+    flipped = evaluate(workdir, hflip=True)
+    assert flipped["accuracy"] == got["accuracy"]
+    assert flipped["accuracy_hflip"] == final["accuracy_hflip"] == result["test_accuracy_hflip"]
     # An older checkpoint gives the evaluation logged at its step.
     at_6 = next(r for r in logged if r["step"] == 6)
     assert evaluate(workdir, step=6)["accuracy"] == at_6["accuracy"]
@@ -49,12 +54,14 @@ def test_cli_prints_the_logged_accuracy(smoke_run):
     workdir, _, result = smoke_run
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     out = subprocess.run(
-        [sys.executable, "-m", "train.eval", "--workdir", workdir],
+        [sys.executable, "-m", "train.eval", "--workdir", workdir, "--hflip"],
         cwd=REPO, env=env, capture_output=True, text=True, check=True,
     ).stdout
     match = re.search(r"test accuracy [\d.]+ \(([\d.e-]+)\) .* on 20 examples", out)
     assert match, out
     assert float(match.group(1)) == result["test_accuracy"]
+    tta = f"with flip test-time augmentation: test accuracy {result['test_accuracy_hflip']:.4f}"
+    assert tta in out.splitlines()[-1]
 
 
 def test_cli_names_a_directory_without_a_run(tmp_path):

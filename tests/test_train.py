@@ -12,8 +12,8 @@ import pytest
 
 from configs import smoke
 from resnet_jax import ResNet
+from train import input_pipeline, optim, train
 from train import metrics as metrics_lib
-from train import optim, train
 from train.testing import write_fake_dataset
 
 MEAN, STD = jnp.asarray([0.49, 0.48, 0.45]), jnp.asarray([0.25, 0.24, 0.26])
@@ -92,6 +92,23 @@ def test_eval_step_ignores_padding():
     assert float(full["count"]) == 8 and float(masked["count"]) == 5
     np.testing.assert_allclose(masked["loss"], first5["loss"], rtol=1e-5)
     assert float(masked["correct"]) == float(first5["correct"])
+
+
+def test_eval_step_hflip_averages_the_softmax_of_both_views():
+    state, batch = _state_and_batch(16)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    x = np.asarray(input_pipeline.normalize(batch["image"], MEAN, STD))
+    probs = [jax.nn.softmax(state.apply_fn(variables, v, train=False)) for v in (x, x[:, :, ::-1])]
+    single, averaged = np.argmax(probs[0], -1), np.argmax(probs[0] + probs[1], -1)
+    # Labels: the averaged prediction for the first 12, the single-view one for the last 4, so both
+    # counts are known and (for this init) differ wherever the two predictions differ.
+    labels = np.r_[averaged[:12], single[12:]].astype(np.int32)
+    mask = np.r_[np.ones(14), np.zeros(2)].astype(np.float32)
+    sums = train.eval_step(state, {**batch, "label": labels, "mask": mask}, mean=MEAN, std=STD, hflip=True)
+    assert float(sums["correct_hflip"]) == float(((averaged == labels) * mask).sum())
+    assert float(sums["correct"]) == float(((single == labels) * mask).sum())
+    assert float(sums["correct_hflip"]) >= 12
+    assert "correct_hflip" not in train.eval_step(state, {**batch, "mask": mask}, mean=MEAN, std=STD)
 
 
 def test_validate_config_lists_every_problem():

@@ -38,7 +38,12 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
 
 
 def evaluate(
-    workdir: str, *, step: int | None = None, data_dir: str | None = None, split: str | None = None
+    workdir: str,
+    *,
+    step: int | None = None,
+    data_dir: str | None = None,
+    split: str | None = None,
+    hflip: bool = False,
 ) -> dict[str, Any]:
     """Evaluates a run's checkpoint over a whole split.
 
@@ -47,9 +52,10 @@ def evaluate(
       step: the checkpoint to evaluate; default the latest.
       data_dir: tfds data dir; default the run's config.data_dir.
       split: the split; default the run's config.eval_split.
+      hflip: also report 'accuracy_hflip' (flip test-time augmentation, see train.eval_step).
 
     Returns:
-      {'accuracy', 'loss', 'examples', 'step', 'checkpoint'}.
+      {'accuracy', 'loss', 'examples', 'step', 'checkpoint'} and 'accuracy_hflip' if `hflip`.
     """
     config = load_config(workdir)
     mesh = train.make_mesh()
@@ -67,7 +73,9 @@ def evaluate(
         images = np.ascontiguousarray(images[..., ::-1])
     data = input_pipeline.put_eval(images, labels, config.eval_batch_size, mesh)
     state = train.TrainState(step=meta["step"], apply_fn=model.apply, tx=None, opt_state=None, **variables)
-    eval_fn = train.make_eval_fn(mesh, jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
+    eval_fn = train.make_eval_fn(
+        mesh, jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32), hflip=hflip
+    )
     return {
         **train.eval_summary(eval_fn(state, data)),
         "step": meta["step"],
@@ -81,13 +89,17 @@ def main(argv: list[str]) -> None:
     del argv
     flags_ = flags.FLAGS
     try:
-        result = evaluate(flags_.workdir, step=flags_.step, data_dir=flags_.data_dir, split=flags_.split)
+        result = evaluate(
+            flags_.workdir, step=flags_.step, data_dir=flags_.data_dir, split=flags_.split, hflip=flags_.hflip
+        )
     except (FileNotFoundError, ValueError, input_pipeline.DatasetUnavailableError) as e:
         sys.exit(f"error: {e}")
     print(
         f"test accuracy {result['accuracy']:.4f} ({result['accuracy']!r}) loss {result['loss']:.4f} "
         f"on {result['examples']} examples, checkpoint {result['checkpoint']} (step {result['step']})"
     )
+    if "accuracy_hflip" in result:
+        print(f"with flip test-time augmentation: test accuracy {result['accuracy_hflip']:.4f}")
 
 
 def _define_flags() -> None:
@@ -98,6 +110,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
     flags.DEFINE_string("data_dir", None, "tfds data dir (default: the run's config.data_dir).")
     flags.DEFINE_string("split", None, "Split to evaluate (default: the run's config.eval_split).")
+    flags.DEFINE_bool("hflip", False, "Also report accuracy with flip test-time augmentation.")
 
 
 if __name__ == "__main__":

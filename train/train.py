@@ -205,21 +205,34 @@ def train_step(
 
 
 def eval_step(
-    state: TrainState, batch: dict[str, jax.Array], *, mean: jax.Array, std: jax.Array
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    mean: jax.Array,
+    std: jax.Array,
+    hflip: bool = False,
 ) -> dict[str, jax.Array]:
     """Sums of loss, correct predictions and examples over the unmasked part of a batch.
 
     Args:
       batch: {'image': uint8 [B, H, W, C], 'label': int [B], 'mask': float [B] (0 on padding)}.
+      hflip: also count 'correct_hflip': predictions from the mean of the softmax of each image and of
+        its mirror image (test-time augmentation; 'correct' stays the single-view count).
     """
     x = input_pipeline.normalize(batch["image"], mean, std)
-    logits = state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits = state.apply_fn(variables, x, train=False)
     mask = batch["mask"]
-    return {
+    sums = {
         "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
         "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
         "count": jnp.sum(mask),
     }
+    if hflip:
+        mirrored = state.apply_fn(variables, x[:, :, ::-1, :], train=False)
+        probs = jax.nn.softmax(logits) + jax.nn.softmax(mirrored)
+        sums["correct_hflip"] = jnp.sum((jnp.argmax(probs, -1) == batch["label"]) * mask)
+    return sums
 
 
 def make_mesh(devices: list | None = None) -> Mesh:
@@ -238,16 +251,19 @@ def jit_train_step(step_fn: Callable, mesh: Mesh) -> Callable:
     )
 
 
-def make_eval_fn(mesh: Mesh, mean: jax.Array, std: jax.Array) -> Callable[..., dict[str, jax.Array]]:
+def make_eval_fn(
+    mesh: Mesh, mean: jax.Array, std: jax.Array, *, hflip: bool = False
+) -> Callable[..., dict[str, jax.Array]]:
     """A jitted `eval_fn(state, data)` summing `eval_step` over every batch of a padded eval split.
 
     Args:
       mesh: the device mesh; each batch is sharded over its 'data' axis.
       mean, std: the normalisation `eval_step` applies.
+      hflip: also sum 'correct_hflip' (see eval_step).
 
     Returns:
       eval_fn(state, data: input_pipeline.InMemorySplit from put_eval) -> {'loss', 'correct', 'count'}
-      sums, replicated (readable on every process).
+      (and 'correct_hflip') sums, replicated (readable on every process).
     """
     sharded = NamedSharding(mesh, P("data"))
 
@@ -256,19 +272,30 @@ def make_eval_fn(mesh: Mesh, mean: jax.Array, std: jax.Array) -> Callable[..., d
         def body(k, totals):
             batch = {"image": images[k], "label": labels[k], "mask": mask[k]}
             batch = jax.lax.with_sharding_constraint(batch, sharded)
-            return jax.tree.map(jnp.add, totals, eval_step(state, batch, mean=mean, std=std))
+            return jax.tree.map(jnp.add, totals, eval_step(state, batch, mean=mean, std=std, hflip=hflip))
 
-        zeros = {"loss": jnp.float32(0), "correct": jnp.float32(0), "count": jnp.float32(0)}
+        keys = ("loss", "correct", "count") + (("correct_hflip",) if hflip else ())
+        zeros = {k: jnp.float32(0) for k in keys}
         return jax.lax.fori_loop(0, images.shape[0], body, zeros)
 
     return lambda state, data: sums(state, data.images, data.labels, data.mask)
 
 
 def eval_summary(sums: dict[str, jax.Array]) -> dict[str, Any]:
-    """{'loss', 'accuracy', 'examples'} as Python numbers from make_eval_fn's sums (a host sync)."""
+    """{'loss', 'accuracy', 'examples'} (and 'accuracy_hflip') as Python numbers from make_eval_fn's sums.
+
+    A host sync.
+    """
     totals = jax.device_get(sums)
     n = float(totals["count"])
-    return {"loss": float(totals["loss"]) / n, "accuracy": float(totals["correct"]) / n, "examples": int(n)}
+    summary = {
+        "loss": float(totals["loss"]) / n,
+        "accuracy": float(totals["correct"]) / n,
+        "examples": int(n),
+    }
+    if "correct_hflip" in totals:
+        summary["accuracy_hflip"] = float(totals["correct_hflip"]) / n
+    return summary
 
 
 def _zero_sums() -> dict[str, jax.Array]:
@@ -287,7 +314,7 @@ def make_loop_fns(
     """The two compiled programs of the loop: one training step with its batch, and a whole evaluation.
 
     Args:
-      config: uses batch_size, pad, flip, label_smoothing.
+      config: uses batch_size, pad, flip, label_smoothing, eval_hflip.
       mesh: the device mesh.
       train_data, eval_data: splits from input_pipeline.put_train / put_eval.
       keys: (data-order key, augmentation key).
@@ -295,7 +322,7 @@ def make_loop_fns(
 
     Returns:
       run_train(state, sums) -> (state, sums) (one step; both donated) and
-      run_eval(state) -> {'loss', 'accuracy', 'examples'} as Python numbers.
+      run_eval(state) -> eval_summary's dict.
     """
     replicated = NamedSharding(mesh, P())
     sharded = NamedSharding(mesh, P("data"))
@@ -322,7 +349,7 @@ def make_loop_fns(
         return state, sums
 
     train_jit = jax.jit(train_fn, out_shardings=(replicated, replicated), donate_argnums=(0, 1))
-    eval_fn = make_eval_fn(mesh, mean, std)
+    eval_fn = make_eval_fn(mesh, mean, std, hflip=config.eval_hflip)
 
     def run_train(state, sums):
         return train_jit(state, sums, train_data.images, train_data.labels)
@@ -378,7 +405,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     Returns:
       {'step', 'test_accuracy', 'test_loss', 'wall_time_s', 'stopped_by'} (stopped_by is None when the
-      run finished, else the signal name or 'stop_after_steps'; then test_* are None).
+      run finished, else the signal name or 'stop_after_steps'; then test_* are None), plus
+      'test_accuracy_hflip' when config.eval_hflip.
     """
     start_time = time.perf_counter()
     workdir = os.path.abspath(workdir)
@@ -489,14 +517,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 window_start, window_step = time.perf_counter(), step
             eval_metrics = None
             if step == num_steps or (config.eval_every_steps > 0 and step % config.eval_every_steps == 0):
+                # Wait for the queued training steps first: their time must not count as evaluation.
+                jax.block_until_ready(state)
                 eval_start = time.perf_counter()
                 eval_metrics = run_eval(state)
                 writer.write(step, "test", eval_metrics)
                 if is_main:
-                    bar.write(
-                        f"step {step}: test accuracy {eval_metrics['accuracy']:.4f} "
-                        f"loss {eval_metrics['loss']:.4f}"
-                    )
+                    bar.write(f"step {step}: {_describe(eval_metrics)}")
                 window_start += time.perf_counter() - eval_start  # img/s counts training time only
             stop_now = stop.signal is not None or step == config.stop_after_steps
             if (
@@ -533,11 +560,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     # process must take part in the (collective) evaluation.
     test = eval_metrics if eval_metrics is not None else run_eval(state)
     result.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
+    if "accuracy_hflip" in test:
+        result["test_accuracy_hflip"] = test["accuracy_hflip"]
     if is_main:
         metrics_lib.plot_curves(writer.path, os.path.join(workdir, "curves.png"))
-        print(
-            f"final: test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f}) at step {step}, "
-            f"wall time {wall:.1f} s",
-            flush=True,
-        )
+        print(f"final: {_describe(test)} at step {step}, wall time {wall:.1f} s", flush=True)
     return result
+
+
+def _describe(test: dict[str, Any]) -> str:
+    text = f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f})"
+    if "accuracy_hflip" in test:
+        text += f", with flip test-time augmentation {test['accuracy_hflip']:.4f}"
+    return text
