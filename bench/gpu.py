@@ -105,7 +105,7 @@ def _state(steps: dict, model, size: int, batch: int, mesh):
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    config = SimpleNamespace(**OPTIM, batch_size=batch, pad=4, flip=True)
+    config = SimpleNamespace(**OPTIM, batch_size=batch, pad=4, flip=True, eval_hflip=False)
     tx = steps["create_optimizer"](config, 1_000_000)
     init = functools.partial(steps["create_state"], model=model, tx=tx, image_shape=(size, size, 3))
     import common
