@@ -94,17 +94,23 @@ def test_eval_step_ignores_padding():
     assert float(masked["correct"]) == float(first5["correct"])
 
 
-def test_eval_step_hflip_averages_the_softmax_of_both_views():
+# Per-channel statistics, and a per-pixel mean image (config normalization='per_pixel') that is not
+# mirror-symmetric, so mirroring after normalising would give different inputs.
+PER_PIXEL_MEAN = jnp.asarray(np.random.default_rng(1).uniform(0.3, 0.7, (32, 32, 3)), jnp.float32)
+
+
+@pytest.mark.parametrize("mean", [MEAN, PER_PIXEL_MEAN], ids=["per_channel", "per_pixel"])
+def test_eval_step_hflip_averages_the_softmax_of_both_views(mean):
     state, batch = _state_and_batch(16)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    x = np.asarray(input_pipeline.normalize(batch["image"], MEAN, STD))
-    probs = [jax.nn.softmax(state.apply_fn(variables, v, train=False)) for v in (x, x[:, :, ::-1])]
+    views = [input_pipeline.normalize(v, mean, STD) for v in (batch["image"], batch["image"][:, :, ::-1])]
+    probs = [jax.nn.softmax(state.apply_fn(variables, v, train=False)) for v in views]
     single, averaged = np.argmax(probs[0], -1), np.argmax(probs[0] + probs[1], -1)
     # Labels: the averaged prediction for the first 12, the single-view one for the last 4, so both
     # counts are known and (for this init) differ wherever the two predictions differ.
     labels = np.r_[averaged[:12], single[12:]].astype(np.int32)
     mask = np.r_[np.ones(14), np.zeros(2)].astype(np.float32)
-    sums = train.eval_step(state, {**batch, "label": labels, "mask": mask}, mean=MEAN, std=STD, hflip=True)
+    sums = train.eval_step(state, {**batch, "label": labels, "mask": mask}, mean=mean, std=STD, hflip=True)
     assert float(sums["correct_hflip"]) == float(((averaged == labels) * mask).sum())
     assert float(sums["correct"]) == float(((single == labels) * mask).sum())
     assert float(sums["correct_hflip"]) >= 12

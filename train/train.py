@@ -229,7 +229,9 @@ def eval_step(
         "count": jnp.sum(mask),
     }
     if hflip:
-        mirrored = state.apply_fn(variables, x[:, :, ::-1, :], train=False)
+        # Mirror before normalising: a per-pixel mean image is not mirror-symmetric.
+        x_mirror = input_pipeline.normalize(batch["image"][:, :, ::-1, :], mean, std)
+        mirrored = state.apply_fn(variables, x_mirror, train=False)
         probs = jax.nn.softmax(logits) + jax.nn.softmax(mirrored)
         sums["correct_hflip"] = jnp.sum((jnp.argmax(probs, -1) == batch["label"]) * mask)
     return sums
