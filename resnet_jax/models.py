@@ -21,6 +21,9 @@ import jax
 import jax.numpy as jnp
 
 SHORTCUTS = ("projection", "zero_pad")
+# 'frozen_batch': BatchNorm that always normalises with its running statistics and never updates them,
+# whatever `train` says (a frozen backbone for fine-tuning; BiT's frozen BN). Same variables as 'batch'.
+NORMS = ("batch", "frozen_batch")
 
 Dtype = Any
 
@@ -44,7 +47,7 @@ def _conv(features: int, kernel: int, stride: int, name: str, block: nn.Module) 
 
 def _bn(block: nn.Module, train: bool, name: str, zero_scale: bool = False) -> nn.BatchNorm:
     return nn.BatchNorm(
-        use_running_average=not train,
+        use_running_average=not train or block.norm == "frozen_batch",
         momentum=block.bn_momentum,
         epsilon=block.bn_epsilon,
         scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
@@ -62,6 +65,7 @@ class _Block(nn.Module):
       stride: spatial stride of the block (1, or 2 at the start of a downsampling stage).
       shortcut: 'projection' (1x1 conv + BN where shapes change; option B) or 'zero_pad'
         (stride-2 subsampling and zero channels, no parameters; option A).
+      norm: 'batch' (BatchNorm) or 'frozen_batch' (BatchNorm fixed to its running statistics).
       zero_init_last_bn: start the last BN scale at zero so the block begins as the identity.
       conv_bias: give every conv a bias (Keras applications do; torchvision does not).
       bn_momentum: running-statistics decay (0.9 equals PyTorch's momentum=0.1).
@@ -72,6 +76,7 @@ class _Block(nn.Module):
     features: int
     stride: int = 1
     shortcut: str = "projection"
+    norm: str = "batch"
     zero_init_last_bn: bool = False
     conv_bias: bool = False
     bn_momentum: float = 0.9
@@ -142,6 +147,8 @@ class ResNet(nn.Module):
       cifar_stem: a 3x3 stride-1 stem conv and no max-pool (for 32x32 inputs) instead of the
         7x7 stride-2 conv and 3x3 stride-2 max-pool.
       shortcut: 'projection' (option B) or 'zero_pad' (option A), used where a block changes shape.
+      norm: 'batch', or 'frozen_batch' (every BatchNorm uses and keeps its running statistics even
+        with train=True: a frozen backbone).
       stride_in_1x1: bottleneck blocks only; see BottleneckBlock.
       zero_init_last_bn, conv_bias, bn_momentum, bn_epsilon: see ResidualBlock.
       head_hidden: if > 0, a Dense layer of this width + ReLU between the pooled features and the head
@@ -158,6 +165,7 @@ class ResNet(nn.Module):
     stem_features: int = 64
     cifar_stem: bool = False
     shortcut: str = "projection"
+    norm: str = "batch"
     stride_in_1x1: bool = False
     zero_init_last_bn: bool = False
     conv_bias: bool = False
@@ -192,6 +200,7 @@ class ResNet(nn.Module):
         x = jnp.asarray(x, self.dtype)
         block_kwargs = dict(
             shortcut=self.shortcut,
+            norm=self.norm,
             zero_init_last_bn=self.zero_init_last_bn,
             conv_bias=self.conv_bias,
             bn_momentum=self.bn_momentum,
@@ -238,6 +247,8 @@ def _check_config(m: ResNet) -> None:
         )
     if m.shortcut not in SHORTCUTS:
         raise ValueError(f"unknown shortcut {m.shortcut!r}; valid: {', '.join(SHORTCUTS)}")
+    if m.norm not in NORMS:
+        raise ValueError(f"unknown norm {m.norm!r}; valid: {', '.join(NORMS)}")
     if m.block not in BLOCKS:
         raise ValueError(f"unknown block {m.block!r}; valid: {', '.join(BLOCKS)}")
     for field in ("dtype", "param_dtype"):

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 from collections.abc import Callable
+
+import jax.numpy as jnp
 
 from resnet_jax.models import ResNet
 
@@ -32,11 +35,13 @@ for _n in (3, 5, 7, 9, 18, 200):
         shortcut="zero_pad",
     )
 
-_OVERRIDABLE = tuple(
-    f.name
-    for f in dataclasses.fields(ResNet)
-    if f.name not in ("parent", "name", "stage_sizes", "stage_widths")
+# ResNet fields a registry name fixes; every other field is an option of create_model.
+_ARCHITECTURE = ("stage_sizes", "stage_widths")
+MODEL_FIELDS = tuple(
+    f.name for f in dataclasses.fields(ResNet) if f.init and f.name not in ("parent", "name")
 )
+OPTIONS = tuple(f for f in MODEL_FIELDS if f not in _ARCHITECTURE)
+_DTYPE_OPTIONS = ("dtype", "param_dtype")
 
 
 def available_models() -> list[str]:
@@ -51,19 +56,23 @@ def create_model(name: str, *, num_classes: int | None = None, **overrides) -> R
       name: one of `available_models()`: resnet18/34/50/101/152 (ImageNet layout) or
         resnet20/32/44/56/110/1202 (the paper's CIFAR layout).
       num_classes: outputs of the head; defaults to 1000 for the ImageNet family, 10 for CIFAR.
-      **overrides: any other `ResNet` field, e.g. dtype=jnp.bfloat16, cifar_stem=True,
-        shortcut='zero_pad', stride_in_1x1=True, zero_init_last_bn=True, bn_momentum=0.99.
+      **overrides: any other `ResNet` field (see `OPTIONS`), e.g. dtype=jnp.bfloat16 (or 'bfloat16'),
+        cifar_stem=True, shortcut='zero_pad', stride_in_1x1=True, zero_init_last_bn=True,
+        bn_momentum=0.99, norm='frozen_batch'.
 
     Raises:
       ValueError: for an unknown name, an unknown override or a bad value, naming the valid ones.
     """
     if name not in _MODELS:
         raise ValueError(f"unknown model {name!r}; available: {', '.join(_MODELS)}")
-    unknown = sorted(set(overrides) - set(_OVERRIDABLE))
+    unknown = sorted(set(overrides) - set(OPTIONS))
     if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(unknown)} for {name}; valid: {', '.join(_OVERRIDABLE)}"
-        )
+        raise ValueError(f"unknown option(s) {', '.join(unknown)} for {name}; valid: {', '.join(OPTIONS)}")
+    for field in _DTYPE_OPTIONS:
+        # Checkpoint meta and configs name dtypes as strings; a bad name is left for ResNet to reject.
+        if isinstance(overrides.get(field), str):
+            with contextlib.suppress(TypeError):
+                overrides[field] = jnp.dtype(overrides[field])
     if num_classes is not None:
         overrides["num_classes"] = num_classes
     return _MODELS[name](**overrides)
