@@ -40,7 +40,7 @@ def validate_preprocess(spec: Mapping[str, Any]) -> dict[str, Any]:
     """
     if not isinstance(spec, Mapping) or spec.get("kind") not in PREPROCESS_KINDS:
         raise ValueError(
-            f"preprocess spec must be a dict with 'kind' in {PREPROCESS_KINDS}, got {_short(spec)}; e.g. "
+            f"preprocess spec must be a dict with 'kind' in {PREPROCESS_KINDS}, got {short_repr(spec)}; e.g. "
             f"{IMAGENET_MEAN_STD} or {CAFFE}"
         )
     kind = spec["kind"]
@@ -58,7 +58,7 @@ def validate_preprocess(spec: Mapping[str, Any]) -> dict[str, Any]:
         per_pixel = field == "mean" and array.ndim == 3 and array.shape[-1] == 3
         if not (array.shape == (3,) or per_pixel) or not np.all(np.isfinite(array)):
             shapes = "3 finite numbers" + (" or an [H][W][3] mean image" if field == "mean" else "")
-            raise ValueError(f"{kind!r} preprocess spec needs {field!r}: {shapes}, got {_short(value)}")
+            raise ValueError(f"{kind!r} preprocess spec needs {field!r}: {shapes}, got {short_repr(value)}")
         if field == "std" and array.min() <= 0:
             raise ValueError(f"'mean_std' preprocess spec needs a positive std, got {value!r}")
         out[field] = _to_tuples(array.tolist())
@@ -69,9 +69,23 @@ def _to_tuples(value: Any) -> Any:
     return tuple(_to_tuples(v) for v in value) if isinstance(value, list) else value
 
 
-def _short(value: Any, limit: int = 200) -> str:
-    text = repr(value)
+def short_repr(value: Any, limit: int = 200) -> str:
+    """repr(value), cut to `limit` characters: error messages quote values without pages of text."""
+    text = value if isinstance(value, str) else repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
+
+
+def normalize(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
+    """(images / 255 - mean) / std in float32; mean and std broadcast ([C] or [H, W, C]), in [0, 1] units."""
+    return (jnp.asarray(images, jnp.float32) / 255.0 - mean) / std
+
+
+def normalized_range(spec: Mapping[str, Any]) -> tuple[float, float]:
+    """The lowest and highest value a 'mean_std' spec can give a pixel (0 and 255 normalised)."""
+    spec = validate_preprocess(spec)
+    mean, std = np.asarray(spec["mean"]), np.asarray(spec["std"])
+    low, high = (0.0 - mean) / std, (1.0 - mean) / std
+    return float(low.min()), float(high.max())
 
 
 def preprocess_images(images: jax.Array | np.ndarray, spec: Mapping[str, Any]) -> jax.Array:
@@ -101,7 +115,6 @@ def preprocess_images(images: jax.Array | np.ndarray, spec: Mapping[str, Any]) -
         raise ValueError(
             f"images must be uint8 (raw pixels 0-255) or floating (already normalised), got {dtype}"
         )
-    x = jnp.asarray(images, jnp.float32)
     if spec["kind"] == "mean_std":
         mean = jnp.asarray(spec["mean"], jnp.float32)
         if mean.ndim == 3 and mean.shape != images.shape[1:]:
@@ -109,9 +122,8 @@ def preprocess_images(images: jax.Array | np.ndarray, spec: Mapping[str, Any]) -
                 f"this preprocess spec subtracts a per-pixel mean image of shape {mean.shape}; "
                 f"images must be {mean.shape[0]}x{mean.shape[1]}, got shape {images.shape}"
             )
-        std = jnp.asarray(spec["std"], jnp.float32)
-        return (x / 255.0 - mean) / std
-    return x[..., ::-1] - jnp.asarray(spec["mean_bgr"], jnp.float32)
+        return normalize(images, mean, jnp.asarray(spec["std"], jnp.float32))
+    return jnp.asarray(images, jnp.float32)[..., ::-1] - jnp.asarray(spec["mean_bgr"], jnp.float32)
 
 
 def as_mean_std(spec: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, bool]:

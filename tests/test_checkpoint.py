@@ -16,15 +16,14 @@ from jax.sharding import PartitionSpec as P
 from resnet_jax import ResNet, create_model
 from resnet_jax.checkpoint import (
     CheckpointError,
-    PretrainedResNet,
     load_checkpoint,
     load_meta,
     make_meta,
-    make_predict_fn,
     model_from_meta,
     restore_matching,
     save_checkpoint,
 )
+from resnet_jax.predict import make_predict_fn
 from resnet_jax.preprocess import CAFFE, IMAGENET_MEAN_STD, preprocess_images
 
 CIFAR_SPEC = {"kind": "mean_std", "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}
@@ -68,7 +67,7 @@ def test_round_trip_is_bitwise_and_drops_training_state(tmp_path, resnet20):
     loaded_model, loaded = load_checkpoint(path)
     _assert_bitwise(variables, loaded)
     assert set(loaded) == {"params", "batch_stats"}
-    assert isinstance(loaded_model, PretrainedResNet)
+    assert isinstance(loaded_model, ResNet)
     assert dict(loaded_model.preprocess) == {k: tuple(v) for k, v in CIFAR_SPEC.items() if k != "kind"} | {
         "kind": "mean_std"
     }

@@ -10,7 +10,8 @@ import pytest
 
 from configs import finetune_cifar10, smoke
 from resnet_jax import create_model
-from resnet_jax.checkpoint import load_checkpoint, make_meta, make_predict_fn, save_checkpoint
+from resnet_jax import make_predict_fn
+from resnet_jax.checkpoint import load_checkpoint, make_meta, save_checkpoint
 from resnet_jax.preprocess import CAFFE
 from train import finetune, optim, testing, train
 from train.eval import evaluate

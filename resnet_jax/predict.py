@@ -1,0 +1,99 @@
+"""`make_predict_fn`: a jitted eval-mode forward pass that takes raw uint8 images or normalised floats."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from resnet_jax.checkpoint.trees import VARIABLE_COLLECTIONS
+from resnet_jax.preprocess import normalized_range, preprocess_images, validate_preprocess
+
+
+def check_float_images(images: Any, spec: Mapping[str, Any] | None) -> None:
+    """Rejects float images that cannot be normalised input: non-finite, or plainly raw 0-255 pixels.
+
+    Args:
+      images: a concrete (not traced) float array.
+      spec: the preprocess spec the model expects; None skips the range check.
+
+    Raises:
+      ValueError: naming what is wrong and how to pass the images instead.
+    """
+    x = images if isinstance(images, np.ndarray) else jnp.asarray(images)
+    lo, hi, finite, integral = (
+        float(v) for v in jax.device_get((x.min(), x.max(), jnp.isfinite(x).all(), (x == jnp.round(x)).all()))
+    )
+    if not finite:
+        raise ValueError("images contain NaN or infinite values")
+    raw = "; raw pixels must be passed as uint8 (images.astype(np.uint8)), which are normalised for you"
+    if spec is None:
+        return
+    if spec["kind"] == "caffe":
+        # Caffe-normalised values are pixel - mean_bgr with fractional means: never all whole numbers.
+        if integral and lo >= 0 and hi > 1:
+            raise ValueError(
+                f"float images hold whole numbers in [{lo:g}, {hi:g}], not normalised input{raw}"
+            )
+        return
+    low, high = normalized_range(spec)
+    if lo < low - 1e-3 or hi > high + 1e-3:
+        raise ValueError(
+            f"float images span [{lo:.4g}, {hi:.4g}], outside [{low:.4g}, {high:.4g}] where this model's "
+            f"normalised pixels lie{raw}"
+        )
+
+
+def make_predict_fn(
+    model: nn.Module, preprocess: Mapping[str, Any] | None = None, *, check_inputs: bool = True
+) -> Callable[[Mapping[str, Any], jax.Array | np.ndarray], jax.Array]:
+    """A `predict(variables, images) -> float32 logits` in eval mode, jitted.
+
+    Args:
+      model: the model, e.g. from `load_checkpoint`.
+      preprocess: the spec for uint8 images; default `model.preprocess` (set by `load_checkpoint`).
+      check_inputs: check float images before the jitted call (see below). Under an outer `jax.jit`
+        the images are traced and only their dtype and shape are checked.
+
+    The returned function takes variables {'params', 'batch_stats'} (other entries are ignored) and
+    NHWC RGB images of any batch size, either
+      - uint8 raw pixels (0-255), normalised by the spec inside the jit, or
+      - floats already normalised the way training normalised them. Float images with NaN or
+        infinite values, or outside the range normalised pixels can take (e.g. floats in 0-255), are
+        a ValueError: pass raw pixels as uint8.
+    It compiles once per input shape and dtype; repeated calls with the same shape do not retrace.
+
+    Raises (when called):
+      ValueError: for uint8 images and no spec, images that are not (N, H, W, 3), or bad floats.
+    """
+    spec = preprocess if preprocess is not None else getattr(model, "preprocess", None)
+    if spec is not None:
+        spec = validate_preprocess(spec)
+
+    @jax.jit
+    def forward(variables: Mapping[str, Any], images: jax.Array) -> jax.Array:
+        if spec is not None:
+            images = preprocess_images(images, spec)
+        return model.apply({c: variables[c] for c in VARIABLE_COLLECTIONS}, images, train=False)
+
+    def predict(variables: Mapping[str, Any], images: jax.Array | np.ndarray) -> jax.Array:
+        if getattr(images, "ndim", None) != 4 or images.shape[-1] != 3:
+            raise ValueError(
+                "images must be NHWC RGB, shape (batch, height, width, 3), "
+                f"got {getattr(images, 'shape', None)}"
+            )
+        dtype = jnp.dtype(images.dtype)
+        if dtype == jnp.uint8 and spec is None:
+            raise ValueError(
+                "uint8 images need a preprocess spec: pass make_predict_fn(model, preprocess=spec), "
+                "load the model with load_checkpoint, or pass images already normalised as floats"
+            )
+        if check_inputs and jnp.issubdtype(dtype, jnp.floating) and not isinstance(images, jax.core.Tracer):
+            check_float_images(images, spec)
+        return forward(variables, images)
+
+    return predict
