@@ -154,3 +154,21 @@ def compile_init(fn, *args):
 
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
     return jax.jit(fn).lower(*args).compile(options)
+
+
+def jit_train_step(step_fn, mesh):
+    """`step_fn(state, batch, rng)` compiled for `mesh`: state replicated and donated, batch on 'data'.
+
+    The bare step the benchmarks time: no batch selection, no loop, no logging.
+    """
+    import jax
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    replicated = NamedSharding(mesh, P())
+    return jax.jit(
+        step_fn,
+        in_shardings=(replicated, NamedSharding(mesh, P("data")), replicated),
+        out_shardings=(replicated, replicated),
+        donate_argnums=0,
+    )

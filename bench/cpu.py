@@ -8,7 +8,7 @@ every configuration in its own process so each peak-memory figure belongs to one
 
 Measured, each as the median img/s of `--windows` timed windows of `--steps` steps after warm-up:
   jax   train_program: the training loop of train.train_and_evaluate (its own compiled per-step
-                       program from train.train.make_loop_fns: batch selection from the uint8 split
+                       program from train.programs.make_train_fn: batch selection from the uint8 split
                        held on device, crop/flip/normalise, forward, backward, SGD update, metric
                        sums; host syncs every log_every_steps) on synthetic uint8 data.
         train_step:    the bare jitted train.train.train_step (train.train.jit_train_step), called in
@@ -63,8 +63,9 @@ def bench_jax(args) -> dict:
     from jax.sharding import PartitionSpec as P
 
     from configs import default
-    from train import input_pipeline, optim
+    from train import input_pipeline, optim, programs
     from train import train as tr
+    from train.configuration import build_model, validate_config
 
     size, b = IMAGE_SIZE[args.model], args.batch
     config = default.get_config()
@@ -74,8 +75,8 @@ def bench_jax(args) -> dict:
     config.batch_size = config.eval_batch_size = b
     num_steps = 1_000_000
     mesh = tr.make_mesh()
-    tr.validate_config(config, mesh.size)
-    model = common.smoke_model(args.model, jnp.dtype(args.dtype)) if args.smoke else tr.create_model(config)
+    validate_config(config, mesh.size)
+    model = common.smoke_model(args.model, jnp.dtype(args.dtype)) if args.smoke else build_model(config)
     if args.smoke:
         config.num_classes = model.num_classes
     tx = optim.create_optimizer(config, num_steps)
@@ -94,7 +95,7 @@ def bench_jax(args) -> dict:
 
     out = {}
     # The bare step: the jitted train_step on one device-resident batch.
-    step = tr.jit_train_step(
+    step = common.jit_train_step(
         functools.partial(tr.train_step, mean=mean, std=std, pad=config.pad, flip=config.flip), mesh
     )
     batch = jax.device_put({"image": images(b), "label": labels(b)}, NamedSharding(mesh, P("data")))
@@ -124,11 +125,29 @@ def bench_jax(args) -> dict:
     n_eval_batches = args.steps
     train_data = input_pipeline.put_train(images(n_train), labels(n_train), mesh)
     eval_data = input_pipeline.put_eval(images(n_eval_batches * b), labels(n_eval_batches * b), b, mesh)
-    keys = tuple(jax.random.split(jax.random.key(2)))
-    run_train, run_eval = tr.make_loop_fns(config, mesh, train_data, eval_data, keys, mean, std)
+    data_key, aug_key = jax.random.split(jax.random.key(2))
+    spec = {"kind": "mean_std", "mean": list(config.mean), "std": list(config.std)}
+    pipeline = input_pipeline.InMemoryPipeline(
+        train_data,
+        eval_data,
+        batch_size=b,
+        data_key=data_key,
+        preprocess=spec,
+        num_classes=config.num_classes,
+    )
+    step_fn = functools.partial(tr.train_step, mean=mean, std=std, pad=config.pad, flip=config.flip)
+    train_fn = programs.make_train_fn(step_fn, mesh, pipeline.device_batch, aug_key)
+    eval_fn = tr.make_eval_fn(mesh, mean, std)
+
+    def run_train(state, sums):
+        return train_fn(state, sums, (train_data.images, train_data.labels))[:2]
+
+    def run_eval(state):
+        return programs.evaluate(eval_fn, state, pipeline.eval_inputs())
+
     loop = {
         "state": jax.device_put(init(jax.random.key(0)), replicated),
-        "sums": jax.device_put(tr._zero_sums(), replicated),
+        "sums": jax.device_put(programs.zero_sums(), replicated),
     }
 
     def run_program(k):
@@ -137,7 +156,7 @@ def bench_jax(args) -> dict:
         for _ in range(k):
             state, sums = run_train(state, sums)
         jax.device_get(sums)
-        loop["state"], loop["sums"] = state, jax.device_put(tr._zero_sums(), replicated)
+        loop["state"], loop["sums"] = state, jax.device_put(programs.zero_sums(), replicated)
         jax.block_until_ready(loop["state"])
 
     run_program(1 + args.warmup)

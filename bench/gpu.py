@@ -86,12 +86,14 @@ def jax_models(smoke: bool):
 
 def load_steps() -> dict:
     """The project's JAX pieces (train.train and train.optim import neither tensorflow nor ml_collections)."""
+    import common
+
     from train import optim
     from train import train as tr
 
     return dict(
         train_step=tr.train_step,
-        jit=tr.jit_train_step,
+        jit=common.jit_train_step,
         create_state=tr.create_train_state,
         create_optimizer=optim.create_optimizer,
         tr=tr,
@@ -121,7 +123,7 @@ def jax_resnet50(args, steps: dict, mesh, rng) -> list[dict]:
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
-    from train import input_pipeline
+    from resnet_jax.preprocess import normalize
 
     model, size, b = jax_models(args.smoke)["resnet50"]
     _, state = _state(steps, model, size, b, mesh)
@@ -142,7 +144,7 @@ def jax_resnet50(args, steps: dict, mesh, rng) -> list[dict]:
 
     @jax.jit
     def evaluate(state, images):
-        x = input_pipeline.normalize(images, mean, std)
+        x = normalize(images, mean, std)
         return state.apply_fn({"params": state.params, "batch_stats": state.batch_stats}, x, train=False)
 
     def run_eval(k):

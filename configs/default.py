@@ -58,6 +58,14 @@ def get_config() -> ml_collections.ConfigDict:
     c.weight_decay_on = "kernels"  # kernels (conv and dense kernels only) | all (every parameter)
     c.label_smoothing = 0.0
 
+    # Initialisation from a checkpoint (fine-tuning, see train/finetune.py): a training workdir, a
+    # checkpoints directory or a step directory (python -m resnet_jax.convert writes one). Unset: from scratch.
+    c.init_checkpoint = config_dict.placeholder(str)
+    c.init_step = -1  # -1: the checkpoint directory's latest step
+    c.freeze_backbone = False  # only head_modules train; every BatchNorm keeps its running statistics
+    c.head_hidden = 0  # >0: Dense(head_hidden) + ReLU before the head (the seed article's 1024)
+    c.head_modules = ("head",)  # top-level parameters that start fresh (frozen: the only ones trained)
+
     # Loop, logging, checkpoints.
     c.seed = 0
     c.log_every_steps = 100
@@ -66,6 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 3  # the latest N; the best by test accuracy is kept as well
     c.stop_after_steps = -1  # >0: save and stop once this step is reached (simulates preemption)
     c.progress_bar = True
+    # How many steps the host may dispatch ahead of the device: keeps the progress bar on finished steps
+    # and a stop request answered within a step or two.
+    c.max_steps_ahead = 2
     # Multi-host: call jax.distributed.initialize() before anything touches the devices. On TPU pods,
     # SLURM and Open MPI the three fields below are detected; elsewhere set all three on every process.
     c.distributed = False

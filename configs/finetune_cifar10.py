@@ -10,18 +10,15 @@ so an ImageNet backbone sees small feature maps; its accuracy is a transfer base
 """
 
 import ml_collections
-from ml_collections import config_dict
 
 from configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:
     c = default.get_config()
-    c.init_checkpoint = config_dict.placeholder(str)  # required: workdir, checkpoints dir or step dir
-    c.init_step = -1  # -1: the checkpoint directory's latest step
+    # Required: --config.init_checkpoint=PATH (workdir, checkpoints dir or step dir).
     c.freeze_backbone = True
     c.head_hidden = 0  # 1024: the seed article's head, Dense(1024) + ReLU + Dense(num_classes)
-    c.head_modules = ("head",)  # top-level parameters that start fresh (and, frozen, the only ones trained)
     c.num_classes = 10
     c.batch_size = 128
     c.num_train_steps = -1

@@ -229,8 +229,10 @@ def test_restore_from_8_devices_onto_1_and_back(tmp_path, resnet20):
         return jax.device_put(x, NamedSharding(mesh8, spec))
 
     sharded = jax.tree.map(spread, variables)
-    assert any(len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated
-               for x in jax.tree.leaves(sharded))
+    assert any(
+        len(x.sharding.device_set) == 8 and not x.sharding.is_fully_replicated
+        for x in jax.tree.leaves(sharded)
+    )
     _save(tmp_path / "on8", model, sharded)
 
     one = NamedSharding(Mesh(np.array(jax.devices()[:1]), ("data",)), P())
@@ -261,10 +263,18 @@ def test_mean_std_matches_torchvision_normalize():
     torch = pytest.importorskip("torch")
     transforms = pytest.importorskip("torchvision.transforms")
     images = _uint8_images(2)
-    reference = torch.stack(
-        [transforms.Normalize(IMAGENET_MEAN_STD["mean"], IMAGENET_MEAN_STD["std"])(transforms.ToTensor()(im))
-         for im in images]
-    ).permute(0, 2, 3, 1).numpy()
+    reference = (
+        torch.stack(
+            [
+                transforms.Normalize(IMAGENET_MEAN_STD["mean"], IMAGENET_MEAN_STD["std"])(
+                    transforms.ToTensor()(im)
+                )
+                for im in images
+            ]
+        )
+        .permute(0, 2, 3, 1)
+        .numpy()
+    )
     np.testing.assert_allclose(preprocess_images(images, IMAGENET_MEAN_STD), reference, rtol=1e-6, atol=1e-6)
 
 
@@ -323,8 +333,9 @@ class _CountingResNet(ResNet):
 
 def test_predict_does_not_retrace_same_shape_and_takes_any_batch_size(resnet20):
     _, variables = resnet20
-    counting = _CountingResNet((3, 3, 3), (16, 32, 64), num_classes=10, stem_features=16, cifar_stem=True,
-                               shortcut="zero_pad")
+    counting = _CountingResNet(
+        (3, 3, 3), (16, 32, 64), num_classes=10, stem_features=16, cifar_stem=True, shortcut="zero_pad"
+    )
     predict = make_predict_fn(counting, preprocess=CIFAR_SPEC)
     _CountingResNet.traces = 0
     images = _uint8_images(8, seed=1)

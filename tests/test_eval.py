@@ -55,7 +55,11 @@ def test_cli_prints_the_logged_accuracy(smoke_run):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     out = subprocess.run(
         [sys.executable, "-m", "train.eval", "--workdir", workdir, "--hflip"],
-        cwd=REPO, env=env, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     match = re.search(r"test accuracy [\d.]+ \(([\d.e-]+)\) .* on 20 examples", out)
     assert match, out
@@ -67,8 +71,10 @@ def test_cli_prints_the_logged_accuracy(smoke_run):
 def test_cli_names_a_directory_without_a_run(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "train.eval", "--workdir", str(tmp_path)],
-        cwd=REPO, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True, text=True,
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
     )
     assert out.returncode != 0
     assert f"{tmp_path}/config.json not found" in out.stderr
-

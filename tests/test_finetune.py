@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from configs import finetune_cifar10, smoke
-from resnet_jax import create_model
-from resnet_jax import make_predict_fn
+from resnet_jax import create_model, make_predict_fn
 from resnet_jax.checkpoint import load_checkpoint, make_meta, save_checkpoint
 from resnet_jax.preprocess import CAFFE
 from train import finetune, optim, testing, train
+from train.configuration import ConfigError, build_model, validate_config
 from train.eval import evaluate
 
 CIFAR_SPEC = {"kind": "mean_std", "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}
@@ -42,18 +42,20 @@ def _config(init_checkpoint, **overrides):
 
 
 def _state(config):
-    config = finetune.resolve_config(config)
-    model, tx = finetune.adapt(config, train.create_model(config), optim.create_optimizer(config, 6))
-    state = train.create_train_state(jax.random.key(1), model, tx, (32, 32, 3))
-    return config, finetune.restore_backbone(config, state)
+    config, init = finetune.resolve_config(config)
+    tx = finetune.create_optimizer(config, optim.create_optimizer(config, 6))
+    state = train.create_train_state(jax.random.key(1), build_model(config), tx, (32, 32, 3))
+    return config, finetune.initialize(config, state, init)
 
 
 def _steps(config, state, n=6):
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), "label": np.arange(8) % 5}
-    step = jax.jit(functools.partial(
-        train.train_step, mean=jnp.asarray(config.mean), std=jnp.asarray(config.std), pad=0, flip=False
-    ))
+    step = jax.jit(
+        functools.partial(
+            train.train_step, mean=jnp.asarray(config.mean), std=jnp.asarray(config.std), pad=0, flip=False
+        )
+    )
     losses = []
     for i in range(n):
         state, metrics = step(state, batch, jax.random.key(i))
@@ -88,7 +90,7 @@ def test_frozen_backbone_is_bitwise_unchanged_and_the_head_trains(tmp_path):
 def test_seed_head_dense_relu_dense_trains_on_a_frozen_backbone(tmp_path):
     path, source = _backbone(tmp_path / "backbone")
     config, state = _state(_config(path, head_hidden=16))
-    assert set(config.head_modules) == {"head", "head_hidden"}
+    assert set(finetune.head_names(config)) == {"head", "head_hidden"}
     assert state.params["head_hidden"]["kernel"].shape == (64, 16)
     assert state.params["head"]["kernel"].shape == (16, 5)
     before = {k: np.asarray(state.params[k]["kernel"]) for k in ("head", "head_hidden")}
@@ -122,9 +124,9 @@ def test_mismatched_restore_fails_listing_the_keys(tmp_path):
 
 
 def test_missing_or_unset_init_checkpoint_is_a_config_error(tmp_path):
-    with pytest.raises(train.ConfigError, match="init_checkpoint is not set"):
-        finetune.resolve_config(finetune_cifar10.get_config())
-    with pytest.raises(train.ConfigError, match=r"init_checkpoint: no checkpoint at .*does not exist"):
+    with pytest.raises(ConfigError, match="init_checkpoint is not set"):
+        validate_config(finetune_cifar10.get_config(), 8)
+    with pytest.raises(ConfigError, match=r"init_checkpoint: no checkpoint at .*does not exist"):
         finetune.resolve_config(_config(tmp_path / "nope"))
 
 

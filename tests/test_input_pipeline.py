@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from train import input_pipeline
+from resnet_jax.preprocess import normalize
+from train import input_pipeline, tfds_data
 from train.train import make_mesh
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -58,9 +59,7 @@ def test_augment_is_a_window_of_the_zero_padded_image_maybe_mirrored():
 def test_normalize_matches_numpy():
     img = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
     mean, std = np.array([0.4914, 0.4822, 0.4465]), np.array([0.247, 0.2435, 0.2616])
-    got = input_pipeline.normalize(
-        jnp.asarray(img), jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
-    )
+    got = normalize(jnp.asarray(img), jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32))
     np.testing.assert_allclose(got, (img / 255.0 - mean) / std, rtol=1e-5, atol=1e-5)
 
 
@@ -89,15 +88,15 @@ def test_load_split_under_mock_data():
 
     with tfds.testing.mock_data(num_examples=12):
         builder = tfds.builder("cifar10")
-        images, labels = input_pipeline.load_split(builder, "train")
+        images, labels = tfds_data.load_split(builder, "train")
     assert images.dtype == np.uint8 and images.shape == (12, 32, 32, 3)
     assert labels.dtype == np.int32 and labels.shape == (12,) and labels.min() >= 0 and labels.max() < 10
 
 
 def test_missing_dataset_names_what_where_and_both_fixes(tmp_path):
     start = time.perf_counter()
-    with pytest.raises(input_pipeline.DatasetUnavailableError) as e:
-        input_pipeline.get_builder("cifar10", str(tmp_path))
+    with pytest.raises(tfds_data.DatasetUnavailableError) as e:
+        tfds_data.get_builder("cifar10", str(tmp_path))
     msg = str(e.value)
     assert time.perf_counter() - start < 30, "must fail fast, not try a download"
     assert "cifar10" in msg and str(tmp_path) in msg
@@ -107,10 +106,10 @@ def test_missing_dataset_names_what_where_and_both_fixes(tmp_path):
 
 def test_tfds_data_dir_env_is_honoured(tmp_path, monkeypatch):
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "env_dir"))
-    assert input_pipeline.resolve_data_dir(None) == str(tmp_path / "env_dir")
-    assert input_pipeline.resolve_data_dir(str(tmp_path / "cfg")) == str(tmp_path / "cfg")
-    with pytest.raises(input_pipeline.DatasetUnavailableError, match="env_dir"):
-        input_pipeline.get_builder("cifar10", None)
+    assert tfds_data.resolve_data_dir(None) == str(tmp_path / "env_dir")
+    assert tfds_data.resolve_data_dir(str(tmp_path / "cfg")) == str(tmp_path / "cfg")
+    with pytest.raises(tfds_data.DatasetUnavailableError, match="env_dir"):
+        tfds_data.get_builder("cifar10", None)
 
 
 @pytest.fixture(scope="session")
@@ -129,9 +128,9 @@ def real_cifar10(tmp_path_factory):
 
 @pytest.mark.slow
 def test_real_cifar10_offline_copy(real_cifar10):
-    builder = input_pipeline.get_builder("cifar10", real_cifar10)
-    train_images, train_labels = input_pipeline.load_split(builder, "train")
-    test_images, test_labels = input_pipeline.load_split(builder, "test")
+    builder = tfds_data.get_builder("cifar10", real_cifar10)
+    train_images, train_labels = tfds_data.load_split(builder, "train")
+    test_images, test_labels = tfds_data.load_split(builder, "test")
     assert train_images.shape == (50_000, 32, 32, 3) and test_images.shape == (10_000, 32, 32, 3)
     assert (
         np.bincount(train_labels).tolist() == [5000] * 10 and np.bincount(test_labels).tolist() == [1000] * 10
@@ -154,6 +153,6 @@ def test_reachability_probe_distinguishes_open_and_closed_ports(monkeypatch):
         monkeypatch.setattr(
             socket, "create_connection", lambda addr, timeout: real(("127.0.0.1", port), timeout)
         )
-        assert input_pipeline._reachable("example.invalid")
+        assert tfds_data._reachable("example.invalid")
     monkeypatch.undo()
-    assert not input_pipeline._reachable("host.invalid", timeout_s=2)  # .invalid never resolves (RFC 6761)
+    assert not tfds_data._reachable("host.invalid", timeout_s=2)  # .invalid never resolves (RFC 6761)

@@ -9,7 +9,8 @@ from flax import traverse_util
 
 from configs import cifar10_fast, cifar10_resnet20, cifar10_resnet110
 from train import optim
-from train.train import create_model, create_train_state
+from train.configuration import build_model
+from train.train import create_train_state
 
 
 def lrs(config, steps, num_steps):
@@ -44,7 +45,7 @@ def test_onecycle_rises_to_peak_then_anneals():
 
 def test_weight_decay_mask_selects_only_kernels():
     c = cifar10_resnet20.get_config()
-    state = create_train_state(jax.random.PRNGKey(0), create_model(c), optax.identity(), (32, 32, 3))
+    state = create_train_state(jax.random.PRNGKey(0), build_model(c), optax.identity(), (32, 32, 3))
     flat = traverse_util.flatten_dict(optim.weight_decay_mask(state.params), sep="/")
     decayed = {k for k, v in flat.items() if v}
     assert (

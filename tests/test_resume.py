@@ -18,8 +18,9 @@ import orbax.checkpoint as ocp
 import pytest
 
 from configs import smoke
-from train import checkpointing, train
+from resnet_jax.checkpoint import RunCheckpoints
 from train import metrics as metrics_lib
+from train import train
 from train.testing import write_fake_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +86,7 @@ def test_stop_mid_window_and_resume_is_bitwise_identical(data_dir, uninterrupted
     # Step 5 is between checkpoints (4, 8) and inside a logging window (4..6).
     stopped = train.train_and_evaluate(config(data_dir, stop_after_steps=5), str(tmp_path))
     assert stopped["stopped_by"] == "stop_after_steps" and stopped["step"] == 5
-    assert checkpointing.make_manager(str(tmp_path), 2).latest_step() == 5
+    assert RunCheckpoints(str(tmp_path), 2).latest_step() == 5
     resumed = train.train_and_evaluate(config(data_dir), str(tmp_path))
     assert resumed["step"] == 12 and resumed["stopped_by"] is None
     assert_same_run(uninterrupted, tmp_path)
@@ -119,25 +120,27 @@ def test_half_written_checkpoint_is_never_latest(data_dir, uninterrupted, tmp_pa
     partial = workdir / "checkpoints" / "20.orbax-checkpoint-tmp-1234"
     (partial / "state").mkdir(parents=True)
     (partial / "state" / "junk").write_bytes(b"\0" * 10)
-    assert checkpointing.make_manager(str(workdir), 2).latest_step() == 12
+    assert RunCheckpoints(str(workdir), 2).latest_step() == 12
     # Rerunning the finished command resumes at 12: nothing to train, the logged final result stands.
     result = train.train_and_evaluate(config(data_dir), str(workdir))
     assert result["step"] == 12 and result["test_accuracy"] == logged(uninterrupted)[-1]["accuracy"]
 
 
-def test_corrupted_checkpoint_is_a_clear_error_and_older_ones_still_work(data_dir, uninterrupted, tmp_path):
+def test_corrupted_latest_checkpoint_is_named_set_aside_and_the_run_resumes_from_an_intact_one(
+    data_dir, uninterrupted, tmp_path, capsys
+):
     workdir = tmp_path / "run"
     shutil.copytree(uninterrupted, workdir)
     latest = workdir / "checkpoints" / "12"
     for f in (latest / "state").rglob("*"):
         if f.is_file() and f.parent.name == "d":  # the array data files
             f.write_bytes(b"corrupted")
-    with pytest.raises(checkpointing.CheckpointError) as e:
-        train.train_and_evaluate(config(data_dir), str(workdir))
-    msg = str(e.value)
-    assert f"{latest} (step 12)" in msg and "resume from step 8" in msg
-    shutil.rmtree(latest)
     result = train.train_and_evaluate(config(data_dir), str(workdir))
+    out = capsys.readouterr().out
+    # Named in one line, moved aside (not deleted), and the run resumed from the newest intact one.
+    assert "checkpoint step 12 is corrupt" in out and "resuming from" in out and "(step 8 of 12)" in out
+    (moved,) = (workdir / "corrupt_checkpoints").iterdir()
+    assert moved.name.startswith("12-") and (moved / "state").is_dir()
     assert result["step"] == 12
     assert_same_run(uninterrupted, workdir)
 
@@ -171,11 +174,12 @@ def test_cli_sigterm_saves_at_the_next_step_and_rerun_resumes(
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 0, out
-    assert "stopped by SIGTERM at step" in out, out
+    assert proc.returncode == 128 + signal.SIGTERM, out  # a scheduler must not take it for finished
+    assert "SIGTERM received: stopping after step" in out, out  # acknowledged at once
+    assert "stopped by SIGTERM at step" in out and "resume with:" in out, out
     stopped_at = int(out.split("stopped by SIGTERM at step ")[1].split(";")[0])
     assert stopped_at < 12, "the signal came early; the run should not have finished"
-    assert checkpointing.make_manager(str(tmp_path), 2).latest_step() == stopped_at
+    assert RunCheckpoints(str(tmp_path), 2).latest_step() == stopped_at
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"resuming from {tmp_path}/checkpoints/{stopped_at}" in done.stdout

@@ -9,11 +9,15 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from configs import smoke
 from resnet_jax import ResNet
-from train import input_pipeline, optim, train
+from resnet_jax.preprocess import normalize
 from train import metrics as metrics_lib
+from train import optim, train
+from train.configuration import ConfigError, build_model, validate_config
 from train.testing import write_fake_dataset
 
 MEAN, STD = jnp.asarray([0.49, 0.48, 0.45]), jnp.asarray([0.25, 0.24, 0.26])
@@ -40,7 +44,12 @@ def _state_and_batch(batch_size=16):
 def _one_step(devices):
     state, batch = _state_and_batch()
     mesh = train.make_mesh(devices)
-    step = train.jit_train_step(lambda s, b, r: train.train_step(s, b, r, mean=MEAN, std=STD), mesh)
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    step = jax.jit(
+        lambda s, b, r: train.train_step(s, b, r, mean=MEAN, std=STD),
+        in_shardings=(replicated, sharded, replicated),
+        out_shardings=(replicated, replicated),
+    )
     state, metrics = step(state, batch, jax.random.PRNGKey(1))
     return jax.device_get((state.params, state.batch_stats, metrics))
 
@@ -103,7 +112,7 @@ PER_PIXEL_MEAN = jnp.asarray(np.random.default_rng(1).uniform(0.3, 0.7, (32, 32,
 def test_eval_step_hflip_averages_the_softmax_of_both_views(mean):
     state, batch = _state_and_batch(16)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    views = [input_pipeline.normalize(v, mean, STD) for v in (batch["image"], batch["image"][:, :, ::-1])]
+    views = [normalize(v, mean, STD) for v in (batch["image"], batch["image"][:, :, ::-1])]
     probs = [jax.nn.softmax(state.apply_fn(variables, v, train=False)) for v in views]
     single, averaged = np.argmax(probs[0], -1), np.argmax(probs[0] + probs[1], -1)
     # Labels: the averaged prediction for the first 12, the single-view one for the last 4, so both
@@ -122,8 +131,8 @@ def test_validate_config_lists_every_problem():
     c.batch_size = 12
     c.schedule = "linear"
     c.momentum = 1.5
-    with pytest.raises(train.ConfigError) as e:
-        train.validate_config(c, 8)
+    with pytest.raises(ConfigError) as e:
+        validate_config(c, 8)
     msg = str(e.value)
     assert "batch_size=12 must be a positive multiple of the 8 devices" in msg
     assert "schedule='linear' must be one of piecewise, cosine, onecycle, constant" in msg
@@ -131,13 +140,13 @@ def test_validate_config_lists_every_problem():
     c = smoke.get_config()
     c.model_kwargs.shortcut = "bogus"
     c.model = "resnet21"
-    with pytest.raises(train.ConfigError, match="model='resnet21' must be one of resnet18"):
-        train.validate_config(c, 1)
-    train.validate_config(smoke.get_config(), 8)  # the shipped configs are valid
+    with pytest.raises(ConfigError, match="model='resnet21' must be one of resnet18"):
+        validate_config(c, 1)
+    validate_config(smoke.get_config(), 8)  # the shipped configs are valid
     from configs import cifar10_fast, cifar10_resnet34, cifar10_resnet50, cifar10_resnet56, cifar10_resnet110
 
     for module in (cifar10_fast, cifar10_resnet34, cifar10_resnet50, cifar10_resnet56, cifar10_resnet110):
-        train.validate_config(module.get_config(), 8)
+        validate_config(module.get_config(), 8)
 
 
 @pytest.fixture(scope="session")
@@ -185,7 +194,7 @@ def test_train_and_evaluate_writes_everything(fake_data_dir, tmp_path):
 def test_half_precision_step_keeps_float32_params():
     c = smoke.get_config()
     c.half_precision = True
-    model = train.create_model(c)
+    model = build_model(c)
     state = train.create_train_state(jax.random.PRNGKey(0), model, optax.sgd(0.1), (32, 32, 3))
     _, batch = _state_and_batch(4)
     state, m = jax.jit(lambda s, b, r: train.train_step(s, b, r, mean=MEAN, std=STD))(

@@ -1,9 +1,14 @@
 """`python -m train --config configs/cifar10_resnet20.py --workdir DIR [--config.field=value ...]`.
 
-Rerunning the same command on the same DIR resumes from its latest checkpoint.
+Rerunning the same command on the same DIR resumes from its latest checkpoint. Exit statuses: 0 the run
+finished (or stopped at config.stop_after_steps); 1 bad input (one line says what and how to fix it;
+the workdir is unchanged); 2 bad command line; 3 training diverged (the good checkpoints are kept);
+128 + N stopped by signal N after saving (130 Ctrl-C, 143 SIGTERM): rerun to resume.
 """
 
 import os
+import shlex
+import signal
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -21,22 +26,30 @@ config_flags.DEFINE_config_file(
 )
 flags.mark_flags_as_required(["config"])
 
+EXIT_DIVERGED = 3
+
+
+def _innermost(error: BaseException) -> str:
+    detail: object = error
+    while isinstance(detail, BaseException) and detail.args:
+        detail = detail.args[0]
+    return str(detail).replace("\n", ". ")
+
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing, with an unknown `--config.<field>` turned into one line instead of a traceback."""
+    """absl flag parsing, with a bad config file or field turned into one line instead of a traceback."""
     try:
         return FLAGS(argv)
     except flags.Error as e:
         sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.")
     except (AttributeError, KeyError) as e:  # ml_collections' report of an override naming no field
-        detail = e  # ml_collections wraps a KeyError whose message holds the field and a suggestion
-        while isinstance(detail, BaseException) and detail.args:
-            detail = detail.args[0]
-        detail = str(detail).replace("\n", ". ")
-        sys.exit(f"error: unknown config field {detail} (every field is listed in configs/default.py)")
+        sys.exit(f"error: unknown config field {_innermost(e)} (every field is listed in configs/default.py)")
+    except (OSError, SyntaxError, ImportError, NameError, TypeError, ValueError) as e:
+        # A config file that is missing or does not import (config_flags loads it while parsing).
+        sys.exit(f"error: cannot load the --config file: {type(e).__name__}: {_innermost(e)}")
 
 
-def main(argv):
+def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     # orbax logs every save at INFO through absl; keep the console to the progress bar and results.
@@ -50,12 +63,22 @@ def main(argv):
             num_processes=config.num_processes,
             process_id=config.process_id,
         )
-    from train import checkpointing, input_pipeline, train
+    from resnet_jax.checkpoint import CheckpointError
+    from train import run_state, tfds_data, train
+    from train.configuration import ConfigError
 
+    tfds_data.hide_gpus_from_tensorflow()
     try:
-        train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (train.ConfigError, input_pipeline.DatasetUnavailableError, checkpointing.CheckpointError) as e:
+        result = train.train_and_evaluate(config, FLAGS.workdir)
+    except (ConfigError, tfds_data.DatasetUnavailableError, CheckpointError) as e:
         sys.exit(f"error: {e}")
+    except run_state.TrainingDiverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_DIVERGED)
+    if result["stopped_by"] in ("SIGTERM", "SIGINT"):
+        command = shlex.join([sys.executable, "-m", "train", *sys.argv[1:]])
+        print(f"resume with: {command}", flush=True)
+        sys.exit(128 + signal.Signals[result["stopped_by"]])
 
 
 if __name__ == "__main__":

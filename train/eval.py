@@ -19,9 +19,9 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax.checkpoint import load_checkpoint, load_meta
+from resnet_jax.checkpoint import CheckpointError, find_checkpoint, load_variables, model_from_meta, read_meta
 from resnet_jax.preprocess import as_mean_std
-from train import input_pipeline, train
+from train import input_pipeline, programs, tfds_data, train
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -63,12 +63,14 @@ def evaluate(
         raise ValueError(
             f"the run's eval_batch_size {config.eval_batch_size} is not a multiple of the {mesh.size} devices"
         )
-    meta = load_meta(workdir, step=step)
-    model, variables = load_checkpoint(workdir, step=meta["step"], sharding=NamedSharding(mesh, P()))
+    step_dir = find_checkpoint(workdir, step=step)
+    meta = read_meta(step_dir)
+    model = model_from_meta(meta)
+    variables = load_variables(step_dir, meta, sharding=NamedSharding(mesh, P()))
     mean, std, reverse_channels = as_mean_std(meta["preprocess"])
 
-    builder = input_pipeline.get_builder(config.dataset, data_dir or config.data_dir)
-    images, labels = input_pipeline.load_split(builder, split or config.eval_split)
+    builder = tfds_data.get_builder(config.dataset, data_dir or config.data_dir)
+    images, labels = tfds_data.load_split(builder, split or config.eval_split)
     if reverse_channels:
         images = np.ascontiguousarray(images[..., ::-1])
     data = input_pipeline.put_eval(images, labels, config.eval_batch_size, mesh)
@@ -76,23 +78,23 @@ def evaluate(
     eval_fn = train.make_eval_fn(
         mesh, jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32), hflip=hflip
     )
-    return {
-        **train.eval_summary(eval_fn(state, data)),
-        "step": meta["step"],
-        "checkpoint": os.path.join(os.path.abspath(workdir), "checkpoints", str(meta["step"])),
-    }
+    stack = {"image": data.images, "label": data.labels, "mask": data.mask}
+    return {**programs.evaluate(eval_fn, state, [stack]), "step": meta["step"], "checkpoint": str(step_dir)}
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags
+    from absl import flags, logging
 
     del argv
+    # orbax and tfds log at INFO through absl; the result is the one line this prints.
+    logging.set_verbosity(logging.WARNING)
+    tfds_data.hide_gpus_from_tensorflow()
     flags_ = flags.FLAGS
     try:
         result = evaluate(
             flags_.workdir, step=flags_.step, data_dir=flags_.data_dir, split=flags_.split, hflip=flags_.hflip
         )
-    except (FileNotFoundError, ValueError, input_pipeline.DatasetUnavailableError) as e:
+    except (FileNotFoundError, ValueError, CheckpointError, tfds_data.DatasetUnavailableError) as e:
         sys.exit(f"error: {e}")
     print(
         f"test accuracy {result['accuracy']:.4f} ({result['accuracy']!r}) loss {result['loss']:.4f} "

@@ -1,21 +1,16 @@
-"""Fine-tuning: start training from a checkpoint's backbone with a new head (configs/finetune_*.py).
+"""Initialisation from a checkpoint: a pretrained backbone with a new head (fine-tuning).
 
-A config with `init_checkpoint` set turns `train.train_and_evaluate` into fine-tuning through three
-calls it makes into this module:
+With `config.init_checkpoint` set, `train_and_evaluate` makes two explicit calls here:
 
-  resolve_config     the model and the normalisation come from the checkpoint's meta (this project's,
-                     or one converted from torchvision or Keras weights by `python -m resnet_jax.convert`)
-  adapt              with `freeze_backbone`: BatchNorm runs in eval mode everywhere (no running statistic
-                     changes) and only `head_modules` get updates (optax.multi_transform + set_to_zero)
-  restore_backbone   on a fresh start, every variable outside `head_modules` comes from the checkpoint
-                     (restore_matching: a shape mismatch is an error listing every key)
+  resolve_config   before anything else: the checkpoint's meta (read once) gives the architecture and
+                   the input normalisation; with `freeze_backbone` every BatchNorm becomes
+                   'frozen_batch' (it uses and keeps its running statistics)
+  initialize       on a fresh start only (a resumed run restores its own checkpoint instead): every
+                   variable outside the head comes from the checkpoint (restore_matching: a shape
+                   mismatch is an error listing every key)
 
-Without `freeze_backbone` everything trains, with the fine-tune config's own learning rate. Resuming a
-fine-tune run works like any run (its own checkpoints replace the backbone's).
-
-Config fields (see configs/finetune_cifar10.py): init_checkpoint (a workdir, checkpoints directory or
-step directory), init_step (-1: latest), freeze_backbone, head_modules (top-level parameter names that
-start fresh: ('head',)).
+`create_optimizer` wraps the optimiser so that a frozen backbone gets zero updates. The checkpoint may
+be this project's, or one converted from torchvision or Keras weights by `python -m resnet_jax.convert`.
 """
 
 from __future__ import annotations
@@ -24,53 +19,49 @@ import copy
 import dataclasses
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import optax
 
-from resnet_jax.checkpoint import load_checkpoint, load_meta, restore_matching
-from resnet_jax.models import ResNet
+from resnet_jax.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    load_variables,
+    read_meta,
+    restore_matching,
+)
 from resnet_jax.preprocess import as_mean_std
-from train.train import ConfigError
+from train.configuration import ConfigError
+
+# The hidden head layer belongs to the head: a new head never inherits the checkpoint's.
+HIDDEN_HEAD = "head_hidden"
 
 
-class EvalModeBatchNormResNet(ResNet):
-    """A ResNet whose BatchNorm layers always use (and never update) their running statistics.
+@dataclasses.dataclass(frozen=True)
+class InitCheckpoint:
+    """The checkpoint a run starts from: its step directory and its meta (read once)."""
 
-    Same parameters and names as ResNet; `train` only matters to the caller's `mutable` bookkeeping.
-    """
-
-    def __call__(self, x, *, train: bool, return_features: bool = False):
-        del train
-        return super().__call__(x, train=False, return_features=return_features)
+    step_dir: Any
+    meta: dict[str, Any]
 
 
-def _init_step(config: ml_collections.ConfigDict) -> int | None:
-    step = config.get("init_step", -1)
-    return None if step is None or step < 0 else step
-
-
-def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-    """A copy of `config` with the model and normalisation of `config.init_checkpoint`.
+def resolve_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, InitCheckpoint]:
+    """A copy of `config` with the model and normalisation of `config.init_checkpoint`, and that checkpoint.
 
     The model keeps the checkpoint's architecture (`model`, `model_kwargs`) with the config's own
-    num_classes. The normalisation becomes the checkpoint's preprocess spec; a Keras ('caffe') spec
-    becomes the equivalent RGB mean/std, and `restore_backbone` reverses the stem's input channels
-    to match, so the pipeline keeps feeding RGB.
+    num_classes and head_hidden. The normalisation becomes the checkpoint's preprocess spec; a Keras
+    ('caffe') spec becomes the equivalent RGB mean/std, and `initialize` reverses the stem's input
+    channels to match, so the pipeline keeps feeding RGB.
 
     Raises:
-      ConfigError: for an unset, missing or unusable checkpoint, or one trained with a per-pixel mean
-        (its mean image fits only its own dataset).
+      ConfigError: for a missing or unusable checkpoint, or one trained with a per-pixel mean (its
+        mean image fits only its own dataset).
     """
-    if not config.init_checkpoint:
-        raise ConfigError(
-            "init_checkpoint is not set: pass --config.init_checkpoint=PATH (a training workdir, a "
-            "checkpoints directory, or a step directory as python -m resnet_jax.convert writes)"
-        )
+    step = config.init_step if config.init_step >= 0 else None
     try:
-        meta = load_meta(config.init_checkpoint, step=_init_step(config))
-    except (FileNotFoundError, ValueError) as e:
+        step_dir = find_checkpoint(config.init_checkpoint, step=step)
+        meta = read_meta(step_dir)
+    except (FileNotFoundError, CheckpointError) as e:
         raise ConfigError(f"init_checkpoint: {e}") from e
     mean, std, reverse_channels = as_mean_std(meta["preprocess"])
     if mean.ndim != 1:
@@ -78,60 +69,61 @@ def resolve_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
             f"{config.init_checkpoint} was trained with a per-pixel mean image; fine-tuning needs a "
             "per-channel normalisation (train the backbone with normalization='mean_std')"
         )
-    if reverse_channels:
-        mean = mean[::-1]
     config = copy.deepcopy(config)
     config.model = meta["model"]
-    kwargs = {k: v for k, v in meta["model_kwargs"].items() if k not in ("num_classes", "head_hidden")}
-    if config.get("head_hidden", 0):  # the seed article's head: Dense(head_hidden) + ReLU + Dense
-        kwargs["head_hidden"] = config.head_hidden
-        if "head_hidden" not in config.head_modules:
-            config.head_modules = (*config.head_modules, "head_hidden")
+    drop = ("num_classes", HIDDEN_HEAD, "norm")
+    kwargs = {k: v for k, v in meta["model_kwargs"].items() if k not in drop}
+    if config.head_hidden:
+        kwargs[HIDDEN_HEAD] = config.head_hidden
+    if config.freeze_backbone:
+        kwargs["norm"] = "frozen_batch"
     config.model_kwargs = ml_collections.ConfigDict(kwargs)
     config.normalization = "mean_std"
-    config.mean = tuple(float(m) for m in mean)
+    config.mean = tuple(float(m) for m in (mean[::-1] if reverse_channels else mean))
     config.std = tuple(float(s) for s in std)
-    return config
+    return config, InitCheckpoint(step_dir, meta)
 
 
-def _labels(params: Any, head_modules: tuple[str, ...]) -> dict[str, Any]:
-    """'train' for every leaf under a top-level name in head_modules, else 'freeze'."""
-    return {
-        k: jax.tree.map(lambda _, k=k: "train" if k in head_modules else "freeze", v)
-        for k, v in params.items()
-    }
+def head_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """Top-level parameter names that start fresh: config.head_modules and the hidden head layer."""
+    return tuple(dict.fromkeys((*config.head_modules, HIDDEN_HEAD)))
 
 
-def adapt(
-    config: ml_collections.ConfigDict, model: nn.Module, tx: optax.GradientTransformation
-) -> tuple[nn.Module, optax.GradientTransformation]:
-    """The model and optimiser to train: frozen backbone (eval-mode BN, zero updates) or unchanged."""
+def create_optimizer(
+    config: ml_collections.ConfigDict, tx: optax.GradientTransformation
+) -> optax.GradientTransformation:
+    """`tx` for the head only (zero updates elsewhere) with `freeze_backbone`; else `tx` unchanged."""
     if not config.freeze_backbone:
-        return model, tx
-    fields = {f.name: getattr(model, f.name) for f in dataclasses.fields(model) if f.init}
-    del fields["parent"], fields["name"]
-    head = tuple(config.head_modules)
-    frozen_tx = optax.multi_transform(
-        {"train": tx, "freeze": optax.set_to_zero()}, lambda params: _labels(params, head)
-    )
-    return EvalModeBatchNormResNet(**fields), frozen_tx
+        return tx
+    head = head_names(config)
+
+    def labels(params):
+        return {
+            k: jax.tree.map(lambda _, k=k: "train" if k in head else "freeze", v) for k, v in params.items()
+        }
+
+    return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
 
 
-def restore_backbone(config: ml_collections.ConfigDict, state: Any) -> Any:
-    """`state` with every variable outside `config.head_modules` taken from `config.init_checkpoint`.
+def initialize(config: ml_collections.ConfigDict, state: Any, init: InitCheckpoint) -> Any:
+    """`state` with every variable outside the head taken from the init checkpoint.
 
     Args:
-      config: a resolved config (see `resolve_config`).
+      config: the resolved config (see `resolve_config`).
       state: a fresh train state (params, batch_stats) of the fine-tune model.
+      init: the checkpoint `resolve_config` returned.
 
     Raises:
       ValueError: listing every mismatched, missing and unexpected key (nothing is loaded then).
     """
-    _, source = load_checkpoint(config.init_checkpoint, step=_init_step(config))
-    if load_meta(config.init_checkpoint, step=_init_step(config))["preprocess"]["kind"] == "caffe":
+    source = load_variables(init.step_dir, init.meta)
+    if init.meta["preprocess"]["kind"] == "caffe":
         # The pipeline feeds RGB; the Keras stem expects BGR: reverse its kernel's input channels.
         kernel = source["params"]["stem_conv"]["kernel"]
         source["params"]["stem_conv"]["kernel"] = kernel[:, :, ::-1, :]
     target = {"params": state.params, "batch_stats": state.batch_stats}
-    restored = restore_matching(target, source, skip=tuple(config.head_modules))
+    # The hidden layer is skipped wherever it exists; a head_modules name that matches nothing is an error.
+    hidden = HIDDEN_HEAD in state.params or HIDDEN_HEAD in source["params"]
+    skip = tuple(n for n in head_names(config) if n != HIDDEN_HEAD or hidden)
+    restored = restore_matching(target, source, skip=skip)
     return state.replace(params=restored["params"], batch_stats=restored["batch_stats"])

@@ -1,33 +1,25 @@
-"""Input pipeline for datasets that fit in device memory (CIFAR-10/100 and the like).
+"""The in-memory input pipeline, for datasets that fit in device memory (CIFAR-10/100 and the like).
 
-The whole split is read once through tensorflow-datasets as uint8 numpy arrays and put on the devices.
-Each training batch is then a pure function of (seed, step): epoch e visits the examples in the order
+The whole split is read once through tensorflow-datasets as uint8 arrays and put on every device. Each
+training batch is then a pure function of (seed, step): epoch e visits the examples in the order
 `permutation(fold_in(key, e))` and step s takes slice `s % steps_per_epoch` of it, so a run resumed at
-any step sees exactly the batches an uninterrupted run would. Cropping, flipping and normalisation
-happen inside the jitted train step, so the host does no work per step.
+any step sees exactly the batches an uninterrupted run would. Selection, cropping, flipping and
+normalisation happen inside the jitted train step, so the host does no work per step.
+
+Every pipeline offers the loop the same small interface (see `InMemoryPipeline`): `train_inputs`,
+`device_batch`, `eval_inputs`, and the split's facts (examples, image shape, classes).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
+from collections.abc import Iterator
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
-
-# The archives the tfds builders fetch; when one sits in <data_dir>/downloads/manual/ tfds uses it
-# instead of downloading.
-MANUAL_ARCHIVES = {"cifar10": "cifar-10-binary.tar.gz", "cifar100": "cifar-100-binary.tar.gz"}
-# Where those archives come from. tfds retries an unreachable host for minutes, so the host is probed
-# first and an offline machine gets the message at once.
-DOWNLOAD_HOSTS = {"cifar10": "www.cs.toronto.edu", "cifar100": "www.cs.toronto.edu"}
-
-
-class DatasetUnavailableError(RuntimeError):
-    """The dataset is neither prepared nor preparable offline; the message says how to fix it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,90 +37,6 @@ class InMemorySplit:
     labels: jax.Array
     mask: jax.Array | None
     num_examples: int
-
-
-def _tfds():
-    import tensorflow as tf
-    import tensorflow_datasets as tfds
-
-    # TensorFlow only decodes records here; it must not grab GPU memory JAX needs.
-    tf.config.set_visible_devices([], "GPU")
-    return tfds
-
-
-def resolve_data_dir(data_dir: str | None) -> str:
-    """Where tfds reads: `data_dir`, else $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-    if data_dir:
-        return os.path.abspath(os.path.expanduser(data_dir))
-    if os.environ.get("TFDS_DATA_DIR"):
-        return os.path.abspath(os.path.expanduser(os.environ["TFDS_DATA_DIR"]))
-    return os.path.expanduser(os.path.join("~", "tensorflow_datasets"))
-
-
-def get_builder(name: str, data_dir: str | None) -> Any:
-    """A prepared tfds builder for `name`: prepared already, from a manually placed archive, or downloaded.
-
-    Args:
-      name: tfds dataset name, e.g. 'cifar10'.
-      data_dir: tfds data dir; None means $TFDS_DATA_DIR or ~/tensorflow_datasets.
-
-    Raises:
-      DatasetUnavailableError: the dataset is not prepared and its download host is unreachable.
-        Checked before tfds would try the network, so nothing hangs on a machine without internet.
-    """
-    tfds = _tfds()
-    root = resolve_data_dir(data_dir)
-    try:
-        builder = tfds.builder(name, data_dir=root)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        raise DatasetUnavailableError(f"unknown tfds dataset {name!r} (looked in {root}): {e}") from None
-    if builder.is_prepared():
-        return builder
-    manual_dir = os.path.join(root, "downloads", "manual")
-    archive = MANUAL_ARCHIVES.get(name)
-    if archive and os.path.exists(os.path.join(manual_dir, archive)):
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-        return builder
-    host = DOWNLOAD_HOSTS.get(name)
-    if host is None or _reachable(host):
-        try:
-            builder.download_and_prepare()
-            return builder
-        except Exception as e:  # tfds raises many kinds (network, checksums, manual download required)
-            reason = f"its download failed: {type(e).__name__}: {str(e)[:300]}"
-    else:
-        reason = f"{host} is unreachable, so it cannot be downloaded"
-    what = f"put {archive} in {manual_dir}/" if archive else "prepare it with tfds on a machine with internet"
-    raise DatasetUnavailableError(
-        f"dataset {name!r} is not prepared: tfds looked for {builder.data_dir} and did not find it "
-        f"(data_dir {root}, from config.data_dir, else $TFDS_DATA_DIR, else ~/tensorflow_datasets), "
-        f"and {reason}. Fix either way: (1) {what} and rerun, or (2) point --config.data_dir (or "
-        f"TFDS_DATA_DIR) at a directory holding a prepared copy ({name}/<version>/ inside it)."
-    )
-
-
-def _reachable(host: str, timeout_s: float = 5.0) -> bool:
-    """Whether an HTTPS connection to `host` opens within `timeout_s` (DNS included)."""
-    import socket
-
-    try:
-        with socket.create_connection((host, 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def load_split(builder: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Reads a whole split as (uint8 images [N, H, W, C], int32 labels [N]) on the host."""
-    tfds = _tfds()
-    known = builder.info.splits
-    if known and split.isidentifier() and split not in known:  # plain names only; "train[:90%]" is tfds's
-        raise DatasetUnavailableError(
-            f"split {split!r} not in {builder.info.name}; available: {', '.join(known)}"
-        )
-    chunks = list(tfds.as_numpy(builder.as_dataset(split=split, batch_size=10_000, shuffle_files=False)))
-    images = np.concatenate([c["image"] for c in chunks]).astype(np.uint8, copy=False)
-    return images, np.concatenate([c["label"] for c in chunks]).astype(np.int32)
 
 
 def to_global(local: np.ndarray, sharding: NamedSharding) -> jax.Array:
@@ -211,11 +119,6 @@ def augment(images: jax.Array, rng: jax.Array, pad: int, flip: bool) -> jax.Arra
     return images
 
 
-def normalize(images: jax.Array, mean: jax.Array, std: jax.Array) -> jax.Array:
-    """(images/255 - mean)/std in float32; mean and std broadcast ([C] or [H, W, C])."""
-    return (images.astype(jnp.float32) / 255.0 - mean) / std
-
-
 def preprocess_spec(normalization: str, mean, std, train_images: np.ndarray | None = None) -> dict:
     """The checkpoint's preprocess spec (see the checkpoint contract): what the model expects.
 
@@ -231,3 +134,88 @@ def preprocess_spec(normalization: str, mean, std, train_images: np.ndarray | No
     else:
         mean = [float(m) for m in mean]
     return {"kind": "mean_std", "mean": mean, "std": [float(s) for s in std]}
+
+
+class InMemoryPipeline:
+    """Both splits on the devices; the loop's interface to them.
+
+    Attributes:
+      num_train_examples: examples in the training split.
+      steps_per_epoch: whole global batches per epoch (the last partial batch is dropped).
+      image_shape: (H, W, C) of the images the model sees.
+      num_classes, class_names: the label space (class_names None when the dataset names none).
+      preprocess: the checkpoint's preprocess spec for these images.
+    """
+
+    def __init__(
+        self,
+        train: InMemorySplit,
+        eval_split: InMemorySplit,
+        *,
+        batch_size: int,
+        data_key: jax.Array,
+        preprocess: dict[str, Any],
+        num_classes: int,
+        class_names: tuple[str, ...] | None = None,
+    ):
+        self.train, self.eval = train, eval_split
+        self.batch_size = batch_size
+        self.data_key = data_key
+        self.preprocess = preprocess
+        self.num_train_examples = train.num_examples
+        self.steps_per_epoch = train.num_examples // batch_size
+        self.image_shape = tuple(train.images.shape[1:])
+        self.num_classes, self.class_names = num_classes, class_names
+
+    def train_inputs(self, start_step: int) -> Iterator[tuple[jax.Array, jax.Array]]:
+        """What the jitted step takes for steps start_step, start_step + 1, ...: here always the split."""
+        del start_step  # the step selects its batch on the device (see device_batch)
+        while True:
+            yield self.train.images, self.train.labels
+
+    def device_batch(self, inputs: tuple[jax.Array, jax.Array], step: jax.Array) -> dict[str, jax.Array]:
+        """Inside the jitted step: training batch `step` {'image': uint8, 'label': int32} from `inputs`."""
+        images, labels = inputs
+        data = InMemorySplit(images, labels, None, self.num_train_examples)
+        return train_batch(data, self.data_key, step, self.batch_size)
+
+    def eval_inputs(self) -> Iterator[dict[str, jax.Array]]:
+        """The eval split as {'image', 'label', 'mask'} stacks of batches: here one stack of all of them."""
+        yield {"image": self.eval.images, "label": self.eval.labels, "mask": self.eval.mask}
+
+    def close(self) -> None:
+        pass
+
+
+def create(config: Any, mesh: Mesh, data_key: jax.Array) -> InMemoryPipeline:
+    """Reads `config.dataset` through tfds and puts both splits on the mesh's devices.
+
+    Raises:
+      DatasetUnavailableError: the dataset or a split cannot be read, or the split has fewer examples
+        than one batch, or config.num_classes disagrees with the dataset's label count.
+    """
+    from train import tfds_data
+
+    builder = tfds_data.get_builder(config.dataset, config.data_dir)
+    num_classes, class_names = tfds_data.label_info(builder)
+    if num_classes is not None and num_classes != config.num_classes:
+        raise tfds_data.DatasetUnavailableError(
+            f"num_classes={config.num_classes} but {config.dataset} has {num_classes} classes: "
+            f"pass --config.num_classes={num_classes}"
+        )
+    train_images, train_labels = tfds_data.load_split(builder, config.train_split)
+    eval_images, eval_labels = tfds_data.load_split(builder, config.eval_split)
+    if len(train_labels) < config.batch_size:
+        raise tfds_data.DatasetUnavailableError(
+            f"batch_size={config.batch_size} exceeds the {len(train_labels)} training examples of "
+            f"{config.dataset}: pass a smaller --config.batch_size"
+        )
+    return InMemoryPipeline(
+        put_train(train_images, train_labels, mesh),
+        put_eval(eval_images, eval_labels, config.eval_batch_size, mesh),
+        batch_size=config.batch_size,
+        data_key=data_key,
+        preprocess=preprocess_spec(config.normalization, config.mean, config.std, train_images),
+        num_classes=config.num_classes,
+        class_names=class_names,
+    )

@@ -1,4 +1,4 @@
-"""Where metrics go: DIR/metrics.jsonl, TensorBoard event files, and PNG curves at the end."""
+"""Where metrics go: DIR/metrics.jsonl, TensorBoard event files, and PNG curves at each evaluation."""
 
 from __future__ import annotations
 
@@ -68,13 +68,12 @@ def _truncate_after(path: str, step: int) -> None:
 
 def plot_curves(metrics_path: str, png_path: str) -> None:
     """Draws train/test loss and accuracy against step from metrics.jsonl into `png_path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    # A Figure without pyplot renders with no backend and leaves the process's matplotlib state alone.
+    from matplotlib.figure import Figure
 
     records = read_metrics(metrics_path)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for split, style in (("train", "-"), ("test", "o-")):
         rows = [r for r in records if r["split"] == split]
         steps = [r["step"] for r in rows]
@@ -86,5 +85,7 @@ def plot_curves(metrics_path: str, png_path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
+    # Written next to the file and renamed: an interrupted write never leaves a broken PNG.
+    tmp = png_path + ".tmp.png"
+    fig.savefig(tmp, dpi=100)
+    os.replace(tmp, png_path)

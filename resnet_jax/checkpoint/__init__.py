@@ -17,7 +17,14 @@ Modules: `meta` (the schema), `trees` (restore_matching, checksums), `io` (one c
 """
 
 from resnet_jax.checkpoint.errors import CheckpointError
-from resnet_jax.checkpoint.io import find_checkpoint, load_checkpoint, load_meta, save_checkpoint
+from resnet_jax.checkpoint.io import (
+    find_checkpoint,
+    load_checkpoint,
+    load_meta,
+    load_variables,
+    read_meta,
+    save_checkpoint,
+)
 from resnet_jax.checkpoint.meta import ORIGINS, make_meta, model_from_meta, validate_meta
 from resnet_jax.checkpoint.run import RunCheckpoints
 from resnet_jax.checkpoint.trees import restore_matching
@@ -29,8 +36,10 @@ __all__ = [
     "find_checkpoint",
     "load_checkpoint",
     "load_meta",
+    "load_variables",
     "make_meta",
     "model_from_meta",
+    "read_meta",
     "restore_matching",
     "save_checkpoint",
     "validate_meta",

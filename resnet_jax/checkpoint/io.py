@@ -233,6 +233,22 @@ def load_checkpoint(
     """
     step_dir = find_checkpoint(path, step=step)
     meta = read_meta(step_dir)
+    return model_from_meta(meta), load_variables(step_dir, meta, sharding=sharding)
+
+
+def load_variables(
+    step_dir: epath.Path, meta: dict[str, Any], *, sharding: jax.sharding.Sharding | Any | None = None
+) -> dict[str, Any]:
+    """{'params', 'batch_stats'} of the step directory whose meta is `meta`, checksums verified.
+
+    Args:
+      step_dir: from `find_checkpoint`.
+      meta: its meta, from `read_meta`.
+      sharding: as for `load_checkpoint`.
+
+    Raises:
+      CheckpointError: as for `load_checkpoint`.
+    """
     model = model_from_meta(meta)
     abstract = abstract_variables(model)
     try:
@@ -275,4 +291,4 @@ def load_checkpoint(
         raise unusable(
             step_dir, f"its content does not match its checksums (corrupted: {', '.join(bad[:5])})"
         )
-    return model, variables
+    return variables

@@ -59,8 +59,15 @@ class RunCheckpoints:
             best_mode="max",
             enable_async_checkpointing=is_async,
             cleanup_tmp_directories=True,
+            # Opening a run must not write: bad input is rejected with the workdir untouched.
+            create=False,
         )
         self._manager = ocp.CheckpointManager(self.directory, item_names=ITEMS, options=options)
+
+    def create_directory(self) -> None:
+        """Makes the checkpoints directory (process 0): call it before the first save."""
+        if jax.process_index() == 0:
+            os.makedirs(self.directory, exist_ok=True)
 
     def all_steps(self) -> list[int]:
         return sorted(self._manager.all_steps())

@@ -1,6 +1,6 @@
 """Full training program img/s against the bare jitted train step's img/s, in one process.
 
-  python -m train.throughput --config configs/cifar10_fast.py --config.data_dir=/work/data/tfds
+  python bench/throughput.py --config configs/cifar10_fast.py --config.data_dir=/work/data/tfds
 
 "Bare step": `train_step` alone under `jax.jit` on one fixed batch already on the devices (no batch
 selection, no host loop, no logging or checkpoints). "Full program": `train_and_evaluate` itself, whose
@@ -28,19 +28,21 @@ flags.mark_flags_as_required(["config"])
 
 def bare_step_img_per_sec(config, steps: int) -> float:
     """img/s of the jitted train step alone on a fixed device-resident batch (after one warm-up call)."""
+    import common
     import jax
     import jax.numpy as jnp
     import numpy as np
 
     from train import optim, train
+    from train.configuration import build_model
 
     mesh = train.make_mesh()
-    model = train.create_model(config)
+    model = build_model(config)
     state = train.create_train_state(
         jax.random.PRNGKey(0), model, optim.create_optimizer(config, 1000), (32, 32, 3)
     )
     mean, std = jnp.asarray(config.mean, jnp.float32), jnp.asarray(config.std, jnp.float32)
-    step = train.jit_train_step(
+    step = common.jit_train_step(
         lambda s, b, r: train.train_step(
             s,
             b,

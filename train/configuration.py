@@ -1,0 +1,153 @@
+"""The training config: checked once before any work, and turned into the model it names.
+
+Every field is listed (with its meaning) in configs/default.py.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import flax.linen as nn
+
+import resnet_jax
+from train import optim
+
+if TYPE_CHECKING:  # annotations only: the GPU image without ml_collections imports this module
+    import ml_collections
+
+NORMALIZATIONS = ("mean_std", "per_pixel")
+
+
+class ConfigError(ValueError):
+    """The config or the command line is invalid; the message lists every problem and the fix."""
+
+
+def model_options(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """create_model options as JSON (dtypes as names), including num_classes: the checkpoint meta's."""
+    options = dict(config.model_kwargs.to_dict())
+    options["num_classes"] = config.num_classes
+    if config.half_precision:
+        options["dtype"] = "bfloat16"
+    return options
+
+
+def build_model(config: ml_collections.ConfigDict) -> nn.Module:
+    """The ResNet `config.model` names, with `config.model_kwargs`, num_classes and dtype applied."""
+    return resnet_jax.create_model(config.model, **model_options(config))
+
+
+def check_workdir(workdir: str | None) -> str:
+    """The absolute workdir, or ConfigError when it is empty, a file, or not writable.
+
+    Nothing is created: the run creates it only once every other check has passed.
+    """
+    if not workdir or not str(workdir).strip():
+        raise ConfigError("--workdir is empty: pass the run directory, e.g. --workdir=runs/resnet20")
+    path = os.path.abspath(os.path.expanduser(workdir))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ConfigError(f"--workdir {path} is a file, not a directory: pass a directory")
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--workdir {path} is not writable ({existing} is read-only): pass a writable directory"
+        )
+    return path
+
+
+def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Checks every field once, before any work.
+
+    Args:
+      config: the training config (fine-tuning fields already resolved, see train.finetune).
+      num_devices: global device count; batch sizes must be multiples of it.
+
+    Raises:
+      ConfigError: listing every invalid field with what it must be.
+    """
+    errors = []
+
+    def check(ok: bool, msg: str) -> None:
+        if not ok:
+            errors.append(msg)
+
+    def one_of(field: str, choices: tuple[str, ...]) -> None:
+        check(config[field] in choices, f"{field}={config[field]!r} must be one of {', '.join(choices)}")
+
+    if config.model not in resnet_jax.available_models():
+        errors.append(f"model={config.model!r} must be one of {', '.join(resnet_jax.available_models())}")
+    else:
+        try:
+            build_model(config)
+        except (ValueError, TypeError) as e:
+            errors.append(f"model_kwargs: {e}")
+    one_of("schedule", optim.SCHEDULES)
+    one_of("warmup", optim.WARMUPS)
+    one_of("weight_decay_on", optim.WEIGHT_DECAY_ON)
+    one_of("normalization", NORMALIZATIONS)
+    for field in ("batch_size", "eval_batch_size"):
+        n = config[field]
+        check(
+            n > 0 and n % num_devices == 0,
+            f"{field}={n} must be a positive multiple of the {num_devices} devices",
+        )
+    check(
+        config.num_train_steps > 0 or config.num_epochs > 0,
+        f"set num_train_steps>0 or num_epochs>0 (got {config.num_train_steps}, {config.num_epochs})",
+    )
+    check(config.num_classes > 1, f"num_classes={config.num_classes} must be > 1")
+    check(config.learning_rate > 0, f"learning_rate={config.learning_rate} must be > 0")
+    check(0 <= config.momentum < 1, f"momentum={config.momentum} must be in [0, 1)")
+    check(config.weight_decay >= 0, f"weight_decay={config.weight_decay} must be >= 0")
+    check(0 <= config.label_smoothing < 1, f"label_smoothing={config.label_smoothing} must be in [0, 1)")
+    check(config.pad >= 0, f"pad={config.pad} must be >= 0")
+    check(config.warmup_steps >= 0, f"warmup_steps={config.warmup_steps} must be >= 0")
+    check(
+        0 < config.onecycle_pct_start < 1, f"onecycle_pct_start={config.onecycle_pct_start} must be in (0, 1)"
+    )
+    boundaries = list(config.lr_boundaries)
+    check(
+        boundaries == sorted(boundaries) and all(b > 0 for b in boundaries),
+        f"lr_boundaries={config.lr_boundaries} must be increasing positive steps",
+    )
+    check(
+        config.schedule != "piecewise" or all(b > config.warmup_steps for b in boundaries),
+        f"lr_boundaries={config.lr_boundaries} must lie after warmup_steps={config.warmup_steps}",
+    )
+    check(len(config.mean) == 3 and len(config.std) == 3, "mean and std must have 3 values (RGB)")
+    check(all(s > 0 for s in config.std), f"std={config.std} must be > 0")
+    for field in ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "max_steps_ahead"):
+        check(config[field] >= 1, f"{field}={config[field]} must be >= 1")
+    check(
+        config.eval_every_steps == -1 or config.eval_every_steps > 0,
+        f"eval_every_steps={config.eval_every_steps} must be > 0 or -1",
+    )
+    check(
+        not config.freeze_backbone or bool(config.init_checkpoint),
+        "init_checkpoint is not set, and freeze_backbone=True needs a backbone to freeze: pass "
+        "--config.init_checkpoint=PATH (a training workdir, or what python -m resnet_jax.convert wrote)",
+    )
+    check(config.head_hidden >= 0, f"head_hidden={config.head_hidden} must be >= 0 (0: no hidden layer)")
+    if errors:
+        raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def differing_fields(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+    """'field: saved -> now' for every top-level field whose value differs from a saved config.json."""
+    now = config.to_dict()
+    keys = sorted(set(saved) | set(now))
+    return [
+        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
+        for k in keys
+        if _jsonable(saved.get(k)) != _jsonable(now.get(k))
+    ]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value

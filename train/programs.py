@@ -1,0 +1,124 @@
+"""The two compiled programs of the training loop: one training step with its batch, and an evaluation.
+
+Both take the pipeline's inputs as arguments (never closures), so a streaming pipeline's fresh batch
+and the in-memory pipeline's resident split go through the same code.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+SUM_KEYS = ("loss", "correct", "count")
+
+
+def zero_sums() -> dict[str, jax.Array]:
+    """The running sums of a logging window (kept on the device and in checkpoints, for exact resume).
+
+    nonfinite counts steps whose loss or updated parameters were not finite; first_nonfinite is the
+    first such step (2**31 - 1 while there is none).
+    """
+    return {
+        "loss": jnp.float32(0),
+        "accuracy": jnp.float32(0),
+        "steps": jnp.float32(0),
+        "nonfinite": jnp.int32(0),
+        "first_nonfinite": jnp.int32(2**31 - 1),
+    }
+
+
+def make_train_fn(
+    step_fn: Callable, mesh: Mesh, device_batch: Callable, aug_key: jax.Array
+) -> Callable[..., tuple[Any, dict[str, jax.Array], jax.Array]]:
+    """`run(state, sums, inputs) -> (state, sums, step)`: one training step, jitted, state and sums donated.
+
+    Args:
+      step_fn: `step_fn(state, batch, rng) -> (state, {'loss', 'accuracy'})` (train_step with its
+        options bound).
+      mesh: the device mesh; the batch is sharded over 'data'.
+      device_batch: `device_batch(inputs, step) -> batch`, the pipeline's selection inside the jit.
+      aug_key: the augmentation key; step s uses fold_in(aug_key, s).
+
+    The returned `step` is a fresh (not donated) scalar: waiting on it waits for that step alone.
+    """
+    replicated = NamedSharding(mesh, P())
+    sharded = NamedSharding(mesh, P("data"))
+
+    def run(state, sums, inputs):
+        step = state.step
+        batch = jax.lax.with_sharding_constraint(device_batch(inputs, step), sharded)
+        state, m = step_fn(state, batch, jax.random.fold_in(aug_key, step))
+        # One reduction over the new parameters: a divergence is seen at the next host read-back.
+        finite = jnp.isfinite(m["loss"]) & jnp.isfinite(optax.tree.norm(state.params))
+        sums = {
+            "loss": sums["loss"] + m["loss"],
+            "accuracy": sums["accuracy"] + m["accuracy"],
+            "steps": sums["steps"] + 1,
+            "nonfinite": sums["nonfinite"] + (~finite).astype(jnp.int32),
+            "first_nonfinite": jnp.where(
+                finite, sums["first_nonfinite"], jnp.minimum(sums["first_nonfinite"], step + 1)
+            ),
+        }
+        return state, sums, step + 1
+
+    return jax.jit(run, out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
+
+
+def make_eval_fn(
+    eval_step: Callable, mesh: Mesh, *, keys: tuple[str, ...] = SUM_KEYS
+) -> Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]:
+    """A jitted `eval_fn(state, stack)` summing `eval_step` over a stack of padded eval batches.
+
+    Args:
+      eval_step: `eval_step(state, batch) -> sums` with its options bound (see train.eval_step).
+      mesh: the device mesh; each batch is sharded over its 'data' axis.
+      keys: the sums eval_step returns.
+
+    Returns:
+      eval_fn(state, {'image': [K, B, ...], 'label': [K, B], 'mask': [K, B]}) -> sums, replicated.
+    """
+    sharded = NamedSharding(mesh, P("data"))
+
+    @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, P()))
+    def eval_fn(state, stack):
+        def body(k, totals):
+            batch = jax.lax.with_sharding_constraint(jax.tree.map(lambda a: a[k], stack), sharded)
+            return jax.tree.map(jnp.add, totals, eval_step(state, batch))
+
+        zeros = {k: jnp.float32(0) for k in keys}
+        return jax.lax.fori_loop(0, stack["label"].shape[0], body, zeros)
+
+    return eval_fn
+
+
+def evaluate(eval_fn: Callable, state: Any, stacks: Any) -> dict[str, Any]:
+    """eval_summary of `eval_fn` summed over every stack the pipeline's eval_inputs() yields."""
+    totals = None
+    for stack in stacks:
+        sums = eval_fn(state, stack)
+        totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+    return eval_summary(totals)
+
+
+def eval_summary(sums: dict[str, jax.Array]) -> dict[str, Any]:
+    """{'loss', 'accuracy', 'examples'} (and 'accuracy_hflip') as Python numbers from summed eval sums.
+
+    A host sync.
+    """
+    totals = jax.device_get(sums)
+    n = float(totals["count"])
+    summary = {
+        "loss": float(totals["loss"]) / n,
+        "accuracy": float(totals["correct"]) / n,
+        "examples": int(n),
+    }
+    if "correct_hflip" in totals:
+        summary["accuracy_hflip"] = float(totals["correct_hflip"]) / n
+    return summary

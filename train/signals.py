@@ -1,0 +1,57 @@
+"""Stop requests: SIGTERM (preemption) and Ctrl-C become a flag the loop checks at each step boundary."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import sys
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class StopRequest:
+    """A context that turns the first SIGTERM/SIGINT into `self.signum`; a second one quits at once.
+
+    The first signal is acknowledged immediately on stderr, so a user does not press Ctrl-C again;
+    the loop then stops at the next step boundary, saves, and exits with 128 + the signal number.
+    A second signal raises KeyboardInterrupt (checkpoints already written stay intact: orbax writes
+    each one to a temporary directory and renames it when complete).
+
+    Attributes:
+      signum: the first signal received, or None.
+      step: the last step the loop reported (used in the acknowledgement).
+      enabled: print the acknowledgement (False on every process but process 0).
+    """
+
+    def __init__(self, enabled: bool = True):
+        self.signum: int | None = None
+        self.step = 0
+        self.enabled = enabled
+        self._previous: dict[int, object] = {}
+
+    @property
+    def name(self) -> str | None:
+        return signal.Signals(self.signum).name if self.signum is not None else None
+
+    def __enter__(self) -> StopRequest:
+        for sig in STOP_SIGNALS:
+            # Outside the main thread signals cannot be caught; leave them alone there.
+            with contextlib.suppress(ValueError):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: quitting without saving")
+        self.signum = signum
+        if self.enabled:
+            print(
+                f"\n{signal.Signals(signum).name} received: stopping after step {self.step + 1}, saving a "
+                "checkpoint... (send it again to quit at once without saving)",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
