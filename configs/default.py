@@ -59,7 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.label_smoothing = 0.0
 
     # Initialisation from a checkpoint (fine-tuning, see train/finetune.py): a training workdir, a
-    # checkpoints directory or a step directory (python -m resnet_jax.convert writes one). Unset: from scratch.
+    # checkpoints directory or a step directory (python -m resnet_jax.convert writes one); unset: none.
     c.init_checkpoint = config_dict.placeholder(str)
     c.init_step = -1  # -1: the checkpoint directory's latest step
     c.freeze_backbone = False  # only head_modules train; every BatchNorm keeps its running statistics
