@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import chex
 import flax
@@ -34,6 +35,19 @@ REFERENCE_COUNTS = {
     ("resnet110", None): 1_727_962,
     ("resnet1202", None): 19_421_274,
 }
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_resnet20_v0_fixture_logits_are_bitwise_stable():
+    # A checkpoint written by the model code before the composable refactor (tests/fixtures/README.md):
+    # today's code must read it (same variable names and shapes) and compute bitwise the same logits.
+    model, variables = resnet_jax.load_checkpoint(FIXTURES / "resnet20_v0" / "checkpoint")
+    reference = np.load(FIXTURES / "resnet20_v0" / "inputs_logits.npz")
+    assert reference["images"].dtype == np.uint8 and reference["logits"].shape == (4, 10)
+    logits = np.asarray(resnet_jax.make_predict_fn(model)(variables, reference["images"]))
+    np.testing.assert_array_equal(logits, reference["logits"])
 
 
 def _abstract_init(model, size=32, batch=1):
