@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import resnet_jax
-from resnet_jax import ResidualBlock, create_model
+from resnet_jax import BasicBlock, ResidualBlock, create_model, layers
 from resnet_jax.summary import count_params
 
 IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
@@ -58,6 +58,12 @@ def _abstract_init(model, size=32, batch=1):
 def _init(model, size=32, batch=2, seed=0):
     x = jnp.zeros((batch, size, size, 3))
     return model.init(jax.random.key(seed), x, train=False)
+
+
+def _factories(train, norm="batch"):
+    conv = layers.make_conv(use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32)
+    kw = dict(train=train, momentum=0.9, epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32)
+    return dict(conv=conv, norm=layers.make_norm(norm, **kw))
 
 
 def _images(batch=4, size=32, seed=1):
@@ -163,7 +169,9 @@ def test_option_a_has_no_shortcut_parameters_and_option_b_has():
 def test_shortcut_semantics_with_zeroed_residual_branch(shortcut):
     # With the last BN scale at zero the residual branch outputs exactly zero, so the block is
     # relu(shortcut(x)): option A must be stride-2 subsampling with zero channels appended.
-    block = ResidualBlock(8, stride=2, shortcut=shortcut, zero_init_last_bn=True)
+    block = BasicBlock(
+        8, stride=2, shortcut=layers.SHORTCUTS[shortcut], zero_init_last=True, **_factories(train=False)
+    )
     x = jnp.abs(_images(2, 6))
     variables = block.init(jax.random.key(0), x, train=False)
     y = block.apply(variables, x, train=False)
@@ -179,7 +187,7 @@ def test_shortcut_semantics_with_zeroed_residual_branch(shortcut):
 
 
 def test_zero_pad_cannot_reduce_channels():
-    block = ResidualBlock(2, stride=1, shortcut="zero_pad")
+    block = ResidualBlock(2, stride=1, shortcut=layers.zero_pad_shortcut, **_factories(train=False))
     with pytest.raises(ValueError, match="cannot reduce channels"):
         block.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)), train=False)
 
