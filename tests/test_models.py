@@ -614,3 +614,27 @@ def test_summary_uses_the_native_size_and_says_the_total_includes_bn_statistics(
     assert f"BatchNorm running statistics (batch_stats: {stats:,}) included" in text
     assert f"Total Parameters: {count + stats:,}" in text
     assert text.rstrip().splitlines()[-1] == f"Trainable parameters: {count:,}"
+
+
+@pytest.mark.parametrize(
+    ("config_name", "count", "boundaries_in_epochs"),
+    [("cifar10_wrn28_10", 36_479_194, (60, 120, 160)), ("cifar10_preact_resnet164", 1_703_226, None)],
+)
+def test_recipe_configs_build_their_models(config_name, count, boundaries_in_epochs):
+    import importlib
+
+    config = importlib.import_module(f"configs.{config_name}").get_config()
+    model = create_model(config.model, num_classes=config.num_classes, **config.model_kwargs.to_dict())
+    assert count_params(_abstract_init(model)) == count
+    steps_per_epoch = 50_000 // config.batch_size
+    if boundaries_in_epochs:  # the WRN paper: x0.2 at epochs 60/120/160 of 200, Nesterov, wd 5e-4
+        assert tuple(b / steps_per_epoch for b in config.lr_boundaries) == boundaries_in_epochs
+        assert config.num_train_steps == 200 * steps_per_epoch
+        assert (config.lr_decay_factor, config.nesterov, config.weight_decay) == (0.2, True, 5e-4)
+        assert model.dropout_rate == 0.0
+        with_dropout = create_model(config.model, dropout_rate=0.3)  # the documented override
+        assert with_dropout.dropout_rate == 0.3
+    else:  # the 2016 paper: 0.01 for 400 iterations, then 0.1, /10 at 32k and 48k, 64k iterations
+        assert (config.warmup, config.warmup_lr, config.warmup_steps) == ("constant", 0.01, 400)
+        assert tuple(config.lr_boundaries) == (32_000, 48_000) and config.num_train_steps == 64_000
+        assert (config.learning_rate, config.lr_decay_factor, config.weight_decay) == (0.1, 0.1, 1e-4)
