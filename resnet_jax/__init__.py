@@ -1,19 +1,30 @@
-"""resnet-jax: ResNet (He et al. 2015) in JAX and Flax linen."""
+"""resnet-jax: ResNet v1 and v2, ResNeXt and Wide ResNet in JAX and Flax linen."""
 
-from resnet_jax import convert
+from resnet_jax import convert, layers
+from resnet_jax.blocks import (
+    BasicBlock,
+    BottleneckBlock,
+    PreActBasicBlock,
+    PreActBottleneckBlock,
+    ResidualBlock,  # old name of BasicBlock, kept for existing imports
+)
 from resnet_jax.checkpoint import CheckpointError, load_checkpoint, load_meta, save_checkpoint
-from resnet_jax.models import BottleneckBlock, ResidualBlock, ResNet
+from resnet_jax.models import ResNet
 from resnet_jax.predict import make_predict_fn
 from resnet_jax.registry import available_models, create_model
 
 __all__ = [
+    "BasicBlock",
     "BottleneckBlock",
     "CheckpointError",
+    "PreActBasicBlock",
+    "PreActBottleneckBlock",
     "ResNet",
     "ResidualBlock",
     "available_models",
     "convert",
     "create_model",
+    "layers",
     "load_checkpoint",
     "load_meta",
     "make_predict_fn",

@@ -1,18 +1,19 @@
-"""ResNet building blocks and the network (He et al. 2015), in Flax linen.
+"""The ResNet network in Flax linen: ResNet v1 (He et al. 2015), ResNeXt, Wide ResNet and pre-activation
+ResNet v2 (He et al. 2016), as one module configured by JSON-able fields (the checkpoint meta).
 
 Submodule names are checkpoint keys and the targets of weight conversion; they are part of the
 public API and must stay stable:
 
-  stem_conv, stem_bn                          the stem (7x7/2 conv + 3x3/2 max-pool, or 3x3/1 conv)
-  stage{s}_block{b}/conv{i}, .../bn{i}        s = 1.., b = 0.., i = 1..2 (basic) or 1..3 (bottleneck)
-  stage{s}_block{b}/shortcut_conv, .../shortcut_bn   projection shortcuts only (option B)
+  stem_conv, stem_bn                          the stem (7x7/2 conv + 3x3/2 max-pool, or 3x3/1 conv);
+                                              pre-activation nets have no stem_bn
+  stage{s}_block{b}/...                       s = 1.., b = 0..; see `resnet_jax.blocks` for inside
+  post_bn                                     pre-activation nets: the norm (+ ReLU) before pooling
   head_hidden                                 optional Dense + ReLU before the head (head_hidden > 0)
   head                                        the final Dense layer
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,119 +21,36 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-SHORTCUTS = ("projection", "zero_pad")
-# 'frozen_batch': BatchNorm that always normalises with its running statistics and never updates them,
-# whatever `train` says (a frozen backbone for fine-tuning; BiT's frozen BN). Same variables as 'batch'.
-NORMS = ("batch", "frozen_batch")
+from resnet_jax import layers
+from resnet_jax.blocks import (
+    BLOCKS,
+    PREACT_BLOCKS,
+    BasicBlock,
+    BottleneckBlock,
+    PreActBasicBlock,
+    PreActBottleneckBlock,
+    ResidualBlock,
+    bottleneck_width,
+)
+from resnet_jax.layers import NORMS
+
+__all__ = [
+    "BLOCKS",
+    "NORMS",
+    "SHORTCUTS",
+    "STRIDE_BLOCKS",
+    "BasicBlock",
+    "BottleneckBlock",
+    "PreActBasicBlock",
+    "PreActBottleneckBlock",
+    "ResNet",
+    "ResidualBlock",
+]
+
+SHORTCUTS = tuple(layers.SHORTCUTS)
+STRIDE_BLOCKS = ("first", "last")
 
 Dtype = Any
-
-
-def _conv(features: int, kernel: int, stride: int, name: str, block: nn.Module) -> nn.Conv:
-    # Symmetric padding of (k-1)//2, as torchvision and Keras' explicit ZeroPadding2D do; Flax's
-    # 'SAME' pads (0, 1) for a stride-2 conv on even sizes and would shift every strided feature map.
-    pad = (kernel - 1) // 2
-    return nn.Conv(
-        features,
-        (kernel, kernel),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        use_bias=block.conv_bias,
-        kernel_init=nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
-        dtype=block.dtype,
-        param_dtype=block.param_dtype,
-        name=name,
-    )
-
-
-def _bn(block: nn.Module, train: bool, name: str, zero_scale: bool = False) -> nn.BatchNorm:
-    return nn.BatchNorm(
-        use_running_average=not train or block.norm == "frozen_batch",
-        momentum=block.bn_momentum,
-        epsilon=block.bn_epsilon,
-        scale_init=nn.initializers.zeros if zero_scale else nn.initializers.ones,
-        dtype=block.dtype,
-        param_dtype=block.param_dtype,
-        name=name,
-    )
-
-
-class _Block(nn.Module):
-    """Fields shared by both residual blocks.
-
-    Attributes:
-      features: output channels of the block.
-      stride: spatial stride of the block (1, or 2 at the start of a downsampling stage).
-      shortcut: 'projection' (1x1 conv + BN where shapes change; option B) or 'zero_pad'
-        (stride-2 subsampling and zero channels, no parameters; option A).
-      norm: 'batch' (BatchNorm) or 'frozen_batch' (BatchNorm fixed to its running statistics).
-      zero_init_last_bn: start the last BN scale at zero so the block begins as the identity.
-      conv_bias: give every conv a bias (Keras applications do; torchvision does not).
-      bn_momentum: running-statistics decay (0.9 equals PyTorch's momentum=0.1).
-      bn_epsilon: BatchNorm epsilon.
-      dtype: computation dtype; param_dtype: parameter dtype.
-    """
-
-    features: int
-    stride: int = 1
-    shortcut: str = "projection"
-    norm: str = "batch"
-    zero_init_last_bn: bool = False
-    conv_bias: bool = False
-    bn_momentum: float = 0.9
-    bn_epsilon: float = 1e-5
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    def _shortcut(self, x: jax.Array, *, train: bool) -> jax.Array:
-        if x.shape[-1] == self.features and self.stride == 1:
-            return x
-        if self.shortcut == "projection":
-            x = _conv(self.features, 1, self.stride, "shortcut_conv", self)(x)
-            return _bn(self, train, "shortcut_bn")(x)
-        x = x[:, :: self.stride, :: self.stride, :]
-        extra = self.features - x.shape[-1]
-        if extra < 0:
-            raise ValueError(f"zero_pad shortcut cannot reduce channels {x.shape[-1]} -> {self.features}")
-        return jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, extra)))
-
-
-class ResidualBlock(_Block):
-    """Basic block: 3x3 conv -> BN -> ReLU -> 3x3 conv -> BN, add the shortcut, ReLU."""
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        y = _conv(self.features, 3, self.stride, "conv1", self)(x)
-        y = nn.relu(_bn(self, train, "bn1")(y))
-        y = _conv(self.features, 3, 1, "conv2", self)(y)
-        y = _bn(self, train, "bn2", zero_scale=self.zero_init_last_bn)(y)
-        return nn.relu(y + self._shortcut(x, train=train))
-
-
-class BottleneckBlock(_Block):
-    """Bottleneck block: 1x1 conv to features/4 -> 3x3 conv -> 1x1 conv to features, each + BN.
-
-    Attributes:
-      stride_in_1x1: put the stride on the first 1x1 conv (the paper, Caffe and Keras) instead of on
-        the 3x3 conv (torchvision's "ResNet v1.5", the default).
-    """
-
-    stride_in_1x1: bool = False
-
-    @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        width = self.features // 4
-        s1, s3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
-        y = _conv(width, 1, s1, "conv1", self)(x)
-        y = nn.relu(_bn(self, train, "bn1")(y))
-        y = _conv(width, 3, s3, "conv2", self)(y)
-        y = nn.relu(_bn(self, train, "bn2")(y))
-        y = _conv(self.features, 1, 1, "conv3", self)(y)
-        y = _bn(self, train, "bn3", zero_scale=self.zero_init_last_bn)(y)
-        return nn.relu(y + self._shortcut(x, train=train))
-
-
-BLOCKS = {"basic": ResidualBlock, "bottleneck": BottleneckBlock}
 
 
 class ResNet(nn.Module):
@@ -141,16 +59,30 @@ class ResNet(nn.Module):
     Attributes:
       stage_sizes: blocks per stage, e.g. (3, 4, 6, 3) for ResNet-50.
       stage_widths: output channels of each stage's blocks, e.g. (256, 512, 1024, 2048).
-      block: 'basic' (ResidualBlock) or 'bottleneck' (BottleneckBlock).
+      block: 'basic', 'bottleneck' (post-activation, v1), 'preact_basic' or 'preact_bottleneck'
+        (pre-activation, v2: the net then has no stem norm and ends with post_bn + ReLU).
       num_classes: outputs of the Dense head.
       stem_features: channels of the stem conv (64 for ImageNet nets, 16 for the CIFAR nets).
       cifar_stem: a 3x3 stride-1 stem conv and no max-pool (for 32x32 inputs) instead of the
         7x7 stride-2 conv and 3x3 stride-2 max-pool.
       shortcut: 'projection' (option B) or 'zero_pad' (option A), used where a block changes shape.
-      norm: 'batch', or 'frozen_batch' (every BatchNorm uses and keeps its running statistics even
-        with train=True: a frozen backbone).
+      norm: 'batch'; 'frozen_batch' (every BatchNorm uses and keeps its running statistics even
+        with train=True: a frozen backbone); or 'group' (GroupNorm, 32 groups; no batch_stats).
       stride_in_1x1: bottleneck blocks only; see BottleneckBlock.
-      zero_init_last_bn, conv_bias, bn_momentum, bn_epsilon: see ResidualBlock.
+      groups: bottleneck blocks only: groups of the 3x3 conv (ResNeXt's cardinality).
+      base_width: bottleneck blocks only: channels per group at the first stage (64; ResNeXt 32x4d: 4,
+        Wide ResNet-50-2: 128); see BottleneckBlock.
+      stride_block: 'first': each stage after the first downsamples in its first block (the paper,
+        torchvision); 'last': each stage but the last downsamples in its last block (Keras ResNetV2).
+      preact_first_block: pre-activation nets only: False skips the first block's preact_bn + ReLU (the
+        2016 paper's CIFAR code, whose first block follows the bare stem conv).
+      dropout_rate: basic blocks only: dropout between the two convs (Wide ResNet). With train=True
+        apply needs rngs={'dropout': key}; train=False needs no rng.
+      zero_init_last_bn: start each block's last norm scale at zero so it begins as the identity.
+      conv_bias: biases on the convs (Keras applications): every conv in post-activation nets; in
+        pre-activation nets those not followed by a norm (stem, last conv of a block, projections).
+      bn_momentum: running-statistics decay (0.9 equals PyTorch's momentum=0.1).
+      bn_epsilon: norm epsilon.
       head_hidden: if > 0, a Dense layer of this width + ReLU between the pooled features and the head
         (the seed article's transfer-learning head: Dense(1024) + ReLU + Dense(num_classes)).
       dtype: computation dtype (e.g. jnp.bfloat16); params, BN statistics and logits stay float32
@@ -167,6 +99,11 @@ class ResNet(nn.Module):
     shortcut: str = "projection"
     norm: str = "batch"
     stride_in_1x1: bool = False
+    groups: int = 1
+    base_width: int = 64
+    stride_block: str = "first"
+    preact_first_block: bool = True
+    dropout_rate: float = 0.0
     zero_init_last_bn: bool = False
     conv_bias: bool = False
     bn_momentum: float = 0.9
@@ -179,6 +116,11 @@ class ResNet(nn.Module):
         _check_config(self)
         super().__post_init__()
 
+    @property
+    def preact(self) -> bool:
+        """Whether this is a pre-activation (v2) network."""
+        return self.block in PREACT_BLOCKS
+
     @nn.compact
     def __call__(
         self, x: jax.Array, *, train: bool, return_features: bool = False
@@ -188,43 +130,36 @@ class ResNet(nn.Module):
         Args:
           x: float images, shape (batch, height, width, channels), already normalised.
           train: keyword-only and required. True normalises with batch statistics and updates the
-            `batch_stats` collection (apply with mutable=['batch_stats']); False uses the running
-            statistics and changes nothing.
+            `batch_stats` collection (apply with mutable=['batch_stats']) and applies dropout (if
+            dropout_rate > 0: pass rngs={'dropout': key}); False uses the running statistics and
+            changes nothing.
           return_features: also return a dict of intermediate activations keyed stem, stage1, ...,
             pooled (for probing and feature extraction).
 
         Returns:
           float32 logits of shape (batch, num_classes), or (logits, features).
         """
-        features = {}
-        x = jnp.asarray(x, self.dtype)
-        block_kwargs = dict(
-            shortcut=self.shortcut,
-            norm=self.norm,
-            zero_init_last_bn=self.zero_init_last_bn,
-            conv_bias=self.conv_bias,
-            bn_momentum=self.bn_momentum,
-            bn_epsilon=self.bn_epsilon,
+        conv = layers.make_conv(use_bias=self.conv_bias, dtype=self.dtype, param_dtype=self.param_dtype)
+        norm = layers.make_norm(
+            self.norm,
+            train=train,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        if self.cifar_stem:
-            x = _conv(self.stem_features, 3, 1, "stem_conv", self)(x)
-            x = nn.relu(_bn(self, train, "stem_bn")(x))
-        else:
-            x = _conv(self.stem_features, 7, 2, "stem_conv", self)(x)
-            x = nn.relu(_bn(self, train, "stem_bn")(x))
-            x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        features = {}
+        x = self._stem(jnp.asarray(x, self.dtype), conv, norm)
         features["stem"] = x
 
-        block_cls = BLOCKS[self.block]
-        if self.block == "bottleneck":
-            block_cls = functools.partial(block_cls, stride_in_1x1=self.stride_in_1x1)
         for s, (size, width) in enumerate(zip(self.stage_sizes, self.stage_widths, strict=True)):
             for b in range(size):
-                stride = 2 if s > 0 and b == 0 else 1
-                x = block_cls(width, stride, name=f"stage{s + 1}_block{b}", **block_kwargs)(x, train=train)
+                name = f"stage{s + 1}_block{b}"
+                block = self._block(name, width, self._stride(s, b), conv, norm, first=s == 0 and b == 0)
+                x = block(x, train=train)
             features[f"stage{s + 1}"] = x
+        if self.preact:
+            x = nn.relu(norm(name="post_bn")(x))
 
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         features["pooled"] = x
@@ -237,6 +172,49 @@ class ResNet(nn.Module):
         logits = x.astype(jnp.float32)
         return (logits, features) if return_features else logits
 
+    def _stem(self, x: jax.Array, conv: layers.ModuleDef, norm: layers.ModuleDef) -> jax.Array:
+        if self.cifar_stem:
+            x = conv(self.stem_features, 3, 1, name="stem_conv")(x)
+            return x if self.preact else nn.relu(norm(name="stem_bn")(x))
+        x = conv(self.stem_features, 7, 2, name="stem_conv")(x)
+        if self.preact:
+            # Keras ResNetV2 zero-pads the un-normalised stem output (it can be negative) before its 3x3/2
+            # max-pool; after a ReLU (v1) zero and -inf padding take the same maxima.
+            x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+            return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+        x = nn.relu(norm(name="stem_bn")(x))
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+
+    def _stride(self, stage: int, block: int) -> int:
+        if self.stride_block == "first":
+            return 2 if stage > 0 and block == 0 else 1
+        return 2 if stage < len(self.stage_sizes) - 1 and block == self.stage_sizes[stage] - 1 else 1
+
+    def _block(
+        self,
+        name: str,
+        width: int,
+        stride: int,
+        conv: layers.ModuleDef,
+        norm: layers.ModuleDef,
+        *,
+        first: bool,
+    ) -> nn.Module:
+        kwargs = dict(
+            conv=conv,
+            norm=norm,
+            stride=stride,
+            shortcut=layers.SHORTCUTS[self.shortcut],
+            zero_init_last=self.zero_init_last_bn,
+        )
+        if self.block.endswith("bottleneck"):
+            kwargs.update(groups=self.groups, base_width=self.base_width, stride_in_1x1=self.stride_in_1x1)
+        else:
+            kwargs.update(dropout_rate=self.dropout_rate)
+        if self.preact:
+            kwargs.update(preact=self.preact_first_block or not first)
+        return BLOCKS[self.block](width, name=name, **kwargs)
+
 
 def _check_config(m: ResNet) -> None:
     if not isinstance(m.num_classes, int) or isinstance(m.num_classes, bool) or m.num_classes < 1:
@@ -245,12 +223,14 @@ def _check_config(m: ResNet) -> None:
         raise ValueError(
             f"head_hidden must be a non-negative integer (0: no hidden layer), got {m.head_hidden!r}"
         )
-    if m.shortcut not in SHORTCUTS:
-        raise ValueError(f"unknown shortcut {m.shortcut!r}; valid: {', '.join(SHORTCUTS)}")
-    if m.norm not in NORMS:
-        raise ValueError(f"unknown norm {m.norm!r}; valid: {', '.join(NORMS)}")
-    if m.block not in BLOCKS:
-        raise ValueError(f"unknown block {m.block!r}; valid: {', '.join(BLOCKS)}")
+    for field, value, valid in (
+        ("shortcut", m.shortcut, SHORTCUTS),
+        ("norm", m.norm, NORMS),
+        ("block", m.block, tuple(BLOCKS)),
+        ("stride_block", m.stride_block, STRIDE_BLOCKS),
+    ):
+        if value not in valid:
+            raise ValueError(f"unknown {field} {value!r}; valid: {', '.join(valid)}")
     for field in ("dtype", "param_dtype"):
         value = getattr(m, field)
         try:
@@ -268,3 +248,25 @@ def _check_config(m: ResNet) -> None:
         raise ValueError(
             f"bn_momentum must be in [0, 1) and bn_epsilon > 0, got {m.bn_momentum}, {m.bn_epsilon}"
         )
+    _check_widths(m)
+
+
+def _check_widths(m: ResNet) -> None:
+    for field in ("groups", "base_width"):
+        value = getattr(m, field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{field} must be a positive integer, got {value!r}")
+    bottleneck = m.block.endswith("bottleneck")
+    if (m.groups, m.base_width) != (1, 64) and not bottleneck:
+        raise ValueError(f"groups and base_width are for bottleneck blocks; {m.block!r} has neither")
+    if not 0.0 <= m.dropout_rate < 1.0 or (m.dropout_rate and bottleneck):
+        raise ValueError(f"dropout_rate must be in [0, 1) and needs basic blocks, got {m.dropout_rate!r}")
+    if m.norm == "group":
+        widths = [m.stem_features, *m.stage_widths]
+        if bottleneck:
+            widths += [bottleneck_width(w, m.groups, m.base_width) for w in m.stage_widths]
+        odd = sorted({w for w in widths if w % layers.GROUP_NORM_GROUPS})
+        if odd:
+            raise ValueError(
+                f"norm='group' needs every width divisible by {layers.GROUP_NORM_GROUPS}; this net has {odd}"
+            )

@@ -43,7 +43,7 @@ def _torchvision_net(arch: str, num_classes: int, hw: tuple[int, int], seed: int
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     net = getattr(models, arch)(weights=None, num_classes=num_classes)
-    last_bn = "bn3" if arch in ("resnet50", "resnet101", "resnet152") else "bn2"
+    last_bn = "bn3" if arch.startswith(("resnet5", "resnet1", "resnext", "wide")) else "bn2"
     bns = [(name, m) for name, m in net.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
     with torch.no_grad():
         for name, bn in bns:
@@ -74,6 +74,8 @@ TORCHVISION_CASES = [
     ("resnet50", 7, 97, 131),
     ("resnet101", 10, 64, 96),
     ("resnet152", 10, 64, 96),
+    ("resnext50_32x4d", 10, 64, 48),
+    ("wide_resnet50_2", 10, 64, 48),
 ]
 
 
@@ -150,9 +152,62 @@ def test_torchvision_wrong_arch_is_named():
     message = str(info.value)
     assert "layer1.0.conv3.weight" in message  # unexpected
     assert "fc.weight: got shape (1000, 2048), expected (1000, 512)" in message
-    assert "hint: the keys look like torchvision's resnet50; pass arch='resnet50'" in message
+    assert (
+        "hint: the state dict's keys and shapes fit torchvision's resnet50: pass arch='resnet50'" in message
+    )
     with pytest.raises(ValueError, match="unknown torchvision arch 'resnet20'"):
         from_torchvision(sd, "resnet20")
+
+
+def _meta_state_dict(arch: str) -> dict[str, tuple[int, ...]]:
+    """Names and shapes of torchvision's `arch` state dict, without allocating its weights."""
+    torch, models = _torch()
+    with torch.device("meta"):
+        net = getattr(models, arch)(weights=None)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+
+
+@pytest.mark.parametrize("arch", ["resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2"])
+def test_torchvision_101s_map_every_key_and_shape(arch):
+    from resnet_jax.convert.torchvision import _expected_shapes
+
+    assert _expected_shapes(arch, 1000) == _meta_state_dict(arch)
+
+
+def test_torchvision_wrapped_state_dicts():
+    from resnet_jax.convert import from_torchvision
+
+    sd = _torchvision_net("resnet18", 5, (32, 32)).state_dict()
+    _, plain = from_torchvision(sd, "resnet18")
+    wrapped = [
+        {"state_dict": sd},
+        {"model": sd, "epoch": 3},  # timm / torchvision reference scripts
+        {"module." + k: v for k, v in sd.items()},  # DataParallel
+        {"state_dict": {"model." + k: v for k, v in sd.items()}, "epoch": 3, "global_step": 10},  # Lightning
+        {"model_state_dict": {"module." + k: v for k, v in sd.items()}, "optimizer_state_dict": {}},
+    ]
+    for obj in wrapped:
+        _, variables = from_torchvision(obj, "resnet18")
+        leaves = zip(jax.tree.leaves(plain), jax.tree.leaves(variables), strict=True)
+        assert all(np.array_equal(a, b) for a, b in leaves)
+    with pytest.raises(
+        ValueError, match=r"no torchvision state dict found.*found keys 'epoch' \(int\), 'opt'"
+    ):
+        from_torchvision({"epoch": 3, "opt": {"lr": 0.1}}, "resnet18")
+
+
+def test_torchvision_names_the_architecture_that_fits():
+    from resnet_jax.convert import from_torchvision
+
+    # ResNeXt-50 and ResNet-50 have the same keys; only the shapes tell them apart.
+    sd = {k: np.zeros(shape, np.float32) for k, shape in _meta_state_dict("resnext50_32x4d").items()}
+    for arch in ("resnet50", "wide_resnet50_2"):
+        with pytest.raises(
+            ValueError, match="fit torchvision's resnext50_32x4d: pass arch='resnext50_32x4d'"
+        ):
+            from_torchvision(sd, arch)
+    model, _ = from_torchvision(sd, "resnext50_32x4d")
+    assert (model.groups, model.base_width) == (32, 4)
 
 
 def test_convert_does_not_import_frameworks():
@@ -170,15 +225,15 @@ def test_convert_does_not_import_frameworks():
 # Keras
 
 
-def _randomize_keras(model, seed: int, calibration: np.ndarray) -> None:
+def _randomize_keras(model, seed: int, calibration: np.ndarray, last_bn: str = "_3_bn") -> None:
     """Random conv biases and BN affine parameters, then BN moving statistics from `calibration`."""
     rng = np.random.default_rng(seed)
     bns = [layer for layer in model.layers if layer.name.endswith("_bn")]
     for layer in model.layers:
-        if layer.name.endswith("_conv"):
+        if layer.name.endswith("_conv") and layer.bias is not None:
             layer.bias.assign(rng.normal(0.0, 0.1, layer.bias.shape).astype(np.float32))
     for bn in bns:
-        low, high = (0.1, 0.5) if bn.name.endswith("_3_bn") else (0.5, 1.5)
+        low, high = (0.1, 0.5) if bn.name.endswith(last_bn) else (0.5, 1.5)
         bn.gamma.assign(rng.uniform(low, high, bn.gamma.shape).astype(np.float32))
         bn.beta.assign(rng.normal(0.0, 0.2, bn.beta.shape).astype(np.float32))
         bn.momentum = 0.0  # the moving statistics become the calibration batch's
@@ -224,11 +279,55 @@ def test_keras_logits_match(name, num_classes, height, width):
     assert _max_diff(model.apply({**variables, "params": no_bias}, x, train=False), expected) > 100 * TOL
 
 
+def test_keras_v2_logits_match_and_cli_meta(tmp_path, capsys):
+    keras = pytest.importorskip("keras", reason=KERAS_REASON)
+    from resnet_jax import make_predict_fn
+    from resnet_jax.checkpoint import load_checkpoint, load_meta
+    from resnet_jax.convert import from_keras
+    from resnet_jax.convert.__main__ import main
+    from resnet_jax.summary import count_params
+
+    height, width = 64, 48
+    rng = np.random.default_rng(7)
+    reference = keras.applications.ResNet50V2(
+        weights=None, classes=7, input_shape=(height, width, 3), classifier_activation=None
+    )
+    _randomize_keras(reference, 8, rng.normal(size=(4, height, width, 3)).astype(np.float32), "_2_bn")
+    x = rng.normal(size=(2, height, width, 3)).astype(np.float32)
+    model, variables = from_keras(reference)
+    assert (model.block, model.stride_block, model.num_classes) == ("preact_bottleneck", "last", 7)
+    assert count_params(variables) == sum(int(np.prod(w.shape)) for w in reference.trainable_weights)
+    expected = np.asarray(reference(x, training=False))
+    assert _max_diff(model.apply(variables, x, train=False), expected) <= TOL
+    # The zero-padded stem max-pool, the conv biases and the statistics each matter.
+    no_bias = jax.tree_util.tree_map_with_path(
+        lambda p, v: jnp.zeros_like(v) if str(p[-1]) == "['bias']" and "conv" in str(p[-2]) else v,
+        variables["params"],
+    )
+    assert _max_diff(model.apply({**variables, "params": no_bias}, x, train=False), expected) > 100 * TOL
+
+    # Through the CLI: the checkpoint records Keras V2's "tf" preprocessing, x / 127.5 - 1, as mean_std 0.5.
+    reference.save_weights(tmp_path / "v2.weights.h5")
+    argv = ["--from", "keras", "--arch", "resnet50v2", "--weights", str(tmp_path / "v2.weights.h5")]
+    assert main([*argv, "--num-classes", "7", "--out", str(tmp_path / "ckpt")]) == 0, capsys.readouterr().err
+    assert load_meta(tmp_path / "ckpt")["preprocess"] == {
+        "kind": "mean_std",
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+    }
+    loaded, loaded_vars = load_checkpoint(tmp_path / "ckpt")
+    images = rng.integers(0, 256, size=(2, height, width, 3), dtype=np.uint8)
+    keras_logits = np.asarray(
+        reference(keras.applications.resnet_v2.preprocess_input(images.astype(np.float32)))
+    )
+    assert _max_diff(make_predict_fn(loaded)(loaded_vars, images), keras_logits) <= TOL
+
+
 def test_keras_errors():
     keras = pytest.importorskip("keras", reason=KERAS_REASON)
     from resnet_jax.convert import from_keras
 
-    with pytest.raises(ValueError, match="none of resnet50"):
+    with pytest.raises(ValueError, match=r"none of resnet50 .*ResNet50V2/101V2/152V2 are supported"):
         from_keras(keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)]))
     notop = keras.applications.ResNet50(weights=None, include_top=False, input_shape=(32, 32, 3))
     with pytest.raises(ValueError) as info:
@@ -310,15 +409,25 @@ def test_cli_errors(tmp_path, capsys):
         "--from", "torchvision", "--arch", "resnet18", "--weights", str(tmp_path / "x.pth")
     )
     err = fails("--from", "torchvision", "--arch", "resnet50", "--weights", str(tmp_path / "r18.pth"))
-    assert "fc.weight: got shape (10, 512), expected (10, 2048)" in err and "pass arch='resnet18'" in err
+    assert "fc.weight: got shape (10, 512), expected (10, 2048)" in err and "--arch resnet18" in err
     assert "unknown Keras arch 'resnet18'" in fails(
         "--from", "keras", "--arch", "resnet18", "--weights", str(tmp_path / "r18.pth")
     )
     assert not (tmp_path / "out").exists()
     (tmp_path / "out").mkdir()
-    assert "exists" in fails(
-        "--from", "torchvision", "--arch", "resnet18", "--weights", str(tmp_path / "r18.pth")
-    )
+    err = fails("--from", "torchvision", "--arch", "resnet18", "--weights", str(tmp_path / "r18.pth"))
+    assert "exists; pass --overwrite to replace it" in err and "overwrite=True" not in err
+    # Files that are not torch checkpoints: one line each, no traceback.
+    (tmp_path / "text.pth").write_text("hello, this is text\n")
+    (tmp_path / "empty.pth").write_bytes(b"")
+    whole = (tmp_path / "r18.pth").read_bytes()
+    (tmp_path / "truncated.pth").write_bytes(whole[: len(whole) // 2])
+    for name in ("text.pth", "empty.pth", "truncated.pth"):
+        err = fails(
+            "--from", "torchvision", "--arch", "resnet18", "--weights", str(tmp_path / name), "--overwrite"
+        )
+        assert err.count("\n") == 1 and f"cannot read {tmp_path / name} as a torch state dict" in err, err
+    assert not any((tmp_path / "out").iterdir())
 
 
 _KERAS_TF_REFERENCE = """

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import chex
 import flax
@@ -11,11 +12,22 @@ import numpy as np
 import pytest
 
 import resnet_jax
-from resnet_jax import ResidualBlock, create_model
+from resnet_jax import BasicBlock, ResidualBlock, create_model, layers
 from resnet_jax.summary import count_params
 
 IMAGENET = ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
+RESNEXT_WIDE = [
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+]
+KERAS_V2 = ["resnet50v2", "resnet101v2", "resnet152v2"]
 CIFAR = ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202"]
+PREACT_CIFAR = ["preact_resnet110", "preact_resnet164", "preact_resnet1001"]
+WRN = ["wrn16_8", "wrn28_10", "wrn40_4"]
+ALL = IMAGENET + RESNEXT_WIDE + KERAS_V2 + CIFAR + PREACT_CIFAR + WRN
 
 # torchvision's model cards (1000 classes) and the paper's CIFAR nets (Table 6 "0.27M" etc., exact counts
 # as in torchvision-style counting: conv kernels + BN scale/bias + head weight/bias).
@@ -33,7 +45,34 @@ REFERENCE_COUNTS = {
     ("resnet56", None): 853_018,
     ("resnet110", None): 1_727_962,
     ("resnet1202", None): 19_421_274,
+    # torchvision's model cards.
+    ("resnext50_32x4d", None): 25_028_904,
+    ("resnext101_32x8d", None): 88_791_336,
+    ("resnext101_64x4d", None): 83_455_272,
+    ("wide_resnet50_2", None): 68_883_240,
+    ("wide_resnet101_2", None): 126_886_696,
+    # Keras' ResNet50V2/101V2/152V2 "trainable params".
+    ("resnet50v2", None): 25_568_360,
+    ("resnet101v2", None): 44_577_896,
+    ("resnet152v2", None): 60_236_904,
+    # WRN-28-10 on CIFAR-10, as its authors' code counts it.
+    ("wrn28_10", None): 36_479_194,
 }
+# Keras' "total params" of ResNet50V2/101V2/152V2: trainable plus the BN moving statistics.
+KERAS_V2_TOTALS = {"resnet50v2": 25_613_800, "resnet101v2": 44_675_560, "resnet152v2": 60_380_648}
+
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+
+
+def test_resnet20_v0_fixture_logits_are_bitwise_stable():
+    # A checkpoint written by the model code before the composable refactor (tests/fixtures/README.md):
+    # today's code must read it (same variable names and shapes) and compute bitwise the same logits.
+    model, variables = resnet_jax.load_checkpoint(FIXTURES / "resnet20_v0" / "checkpoint")
+    reference = np.load(FIXTURES / "resnet20_v0" / "inputs_logits.npz")
+    assert reference["images"].dtype == np.uint8 and reference["logits"].shape == (4, 10)
+    logits = np.asarray(resnet_jax.make_predict_fn(model)(variables, reference["images"]))
+    np.testing.assert_array_equal(logits, reference["logits"])
 
 
 def _abstract_init(model, size=32, batch=1):
@@ -46,6 +85,12 @@ def _init(model, size=32, batch=2, seed=0):
     return model.init(jax.random.key(seed), x, train=False)
 
 
+def _factories(train, norm="batch"):
+    conv = layers.make_conv(use_bias=False, dtype=jnp.float32, param_dtype=jnp.float32)
+    kw = dict(train=train, momentum=0.9, epsilon=1e-5, dtype=jnp.float32, param_dtype=jnp.float32)
+    return dict(conv=conv, norm=layers.make_norm(norm, **kw))
+
+
 def _images(batch=4, size=32, seed=1):
     return jax.random.normal(jax.random.key(seed), (batch, size, size, 3))
 
@@ -56,11 +101,11 @@ def test_parameter_counts_equal_references(name, num_classes):
     assert count_params(variables) == REFERENCE_COUNTS[(name, num_classes)]
 
 
-def test_available_models_lists_both_families():
-    assert resnet_jax.available_models() == IMAGENET + CIFAR
+def test_available_models_lists_every_family():
+    assert resnet_jax.available_models() == ALL
 
 
-@pytest.mark.parametrize("name", IMAGENET + CIFAR)
+@pytest.mark.parametrize("name", [n for n in ALL if n != "preact_resnet1001"])  # 1001: counted below
 def test_output_shapes_32(name):
     model = create_model(name, num_classes=7)
     logits = jax.eval_shape(
@@ -149,7 +194,9 @@ def test_option_a_has_no_shortcut_parameters_and_option_b_has():
 def test_shortcut_semantics_with_zeroed_residual_branch(shortcut):
     # With the last BN scale at zero the residual branch outputs exactly zero, so the block is
     # relu(shortcut(x)): option A must be stride-2 subsampling with zero channels appended.
-    block = ResidualBlock(8, stride=2, shortcut=shortcut, zero_init_last_bn=True)
+    block = BasicBlock(
+        8, stride=2, shortcut=layers.SHORTCUTS[shortcut], zero_init_last=True, **_factories(train=False)
+    )
     x = jnp.abs(_images(2, 6))
     variables = block.init(jax.random.key(0), x, train=False)
     y = block.apply(variables, x, train=False)
@@ -165,7 +212,7 @@ def test_shortcut_semantics_with_zeroed_residual_branch(shortcut):
 
 
 def test_zero_pad_cannot_reduce_channels():
-    block = ResidualBlock(2, stride=1, shortcut="zero_pad")
+    block = ResidualBlock(2, stride=1, shortcut=layers.zero_pad_shortcut, **_factories(train=False))
     with pytest.raises(ValueError, match="cannot reduce channels"):
         block.init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)), train=False)
 
@@ -281,6 +328,17 @@ def test_zero_init_last_bn():
         (dict(name="resnet20", dtype="no-such-type"), "dtype must be a floating dtype"),
         (dict(name="resnet20", widths=3), "unknown option.*widths.*valid: block, num_classes"),
         (dict(name="resnet20", bn_momentum=1.5), "bn_momentum must be in"),
+        (dict(name="resnet20", groups=2), "groups and base_width are for bottleneck blocks"),
+        (dict(name="resnext50_32x4d", groups=0), "groups must be a positive integer, got 0"),
+        (dict(name="resnet50", dropout_rate=0.3), "dropout_rate must be in .* needs basic blocks"),
+        (dict(name="wrn16_8", dropout_rate=1.0), "dropout_rate must be in"),
+        (dict(name="resnet20", norm="group"), r"norm='group' needs every width divisible by 32.*\[16\]"),
+        (dict(name="resnet50", norm="layer"), "unknown norm 'layer'; valid: batch, frozen_batch, group"),
+        (dict(name="resnet50", stride_block="middle"), "unknown stride_block 'middle'; valid: first, last"),
+        (
+            dict(name="resnet50", block="preact"),
+            "unknown block 'preact'; valid: basic, bottleneck, preact_basic",
+        ),
     ],
 )
 def test_bad_arguments_raise_clear_value_errors(kwargs, message):
@@ -330,3 +388,253 @@ def test_seed_transfer_head():
     np.testing.assert_allclose(logits, hidden @ p["head"]["kernel"] + p["head"]["bias"], rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match="head_hidden must be a non-negative integer"):
         create_model("resnet20", head_hidden=-1)
+
+
+# ----------------------------------------------------------------------------------------------
+# ResNeXt, Wide ResNet, pre-activation ResNet v2
+
+
+def test_keras_v2_totals_include_bn_moving_statistics():
+    for name, total in KERAS_V2_TOTALS.items():
+        variables = _abstract_init(create_model(name))
+        assert sum(x.size for x in jax.tree.leaves(variables)) == total, name
+
+
+def test_resnext_and_wide_counts_equal_torchvision_models():
+    torch = pytest.importorskip("torch")
+    models = pytest.importorskip("torchvision.models")
+    for name in RESNEXT_WIDE:
+        with torch.device("meta"):  # shapes only: no memory for the weights
+            net = getattr(models, name)(weights=None)
+        expected = sum(p.numel() for p in net.parameters())
+        assert count_params(_abstract_init(create_model(name))) == expected, name
+
+
+def _preact_bottleneck_count(n, widths=(64, 128, 256), stem=16, classes=10):
+    """(weights, BN parameters) of the 2016 paper's 9n+2 CIFAR net, from its description.
+
+    A unit with c_in inputs, c outputs and bottleneck w = c/4 has 1x1, 3x3, 1x1 conv kernels
+    c_in*w + 9*w*w + w*c, BNs of 2*c_in (pre-activation; none in the first unit, which follows the bare
+    stem conv) + 2*w + 2*w, and a c_in*c projection where c_in != c. An identity unit (c_in = c = 4w)
+    is 17w^2 + 12w. Stem 3x3x3x16, final BN 2*256, head 256*10 + 10; no conv biases.
+    """
+    weights, bn, c_in = 27 * stem, 0, stem
+    for s, c in enumerate(widths):
+        w = c // 4
+        for b in range(n):
+            bn += (0 if s == b == 0 else 2 * c_in) + 4 * w
+            weights += c_in * w + 9 * w * w + w * c + (c_in * c if c_in != c else 0)
+            c_in = c
+    return weights + c_in * classes + classes, bn + 2 * c_in
+
+
+def _preact_basic_count(n, widths, stem=16, classes=10, first_preact=True):
+    """(weights, BN parameters) of a pre-activation CIFAR net of basic units (ResNet-110 v2, WRN-d-k).
+
+    A unit: BN 2*c_in (unless it is the first and follows the bare stem conv), 3x3 conv 9*c_in*c, BN 2*c,
+    3x3 conv 9*c*c, and a 1x1 projection c_in*c where the channels change. Stem, final BN, head as above.
+    """
+    weights, bn, c_in = 27 * stem, 0, stem
+    for s, c in enumerate(widths):
+        for b in range(n):
+            bn += (2 * c_in if first_preact or s or b else 0) + 2 * c
+            weights += 9 * c_in * c + 9 * c * c + (c_in * c if c_in != c else 0)
+            c_in = c
+    return weights + c_in * classes + classes, bn + 2 * c_in
+
+
+# name -> (weights, BN params) from the papers' descriptions, and the papers' figure in millions. The 2016
+# paper's 1.7M and 10.2M round the weights without BN parameters (1,679,034 and 10,178,490); with them the
+# nets have 1,703,226 and 10,327,674. The WRN paper's figures include BN (WRN-28-10: 36,479,194 exactly).
+PAPER_COUNTS = {
+    "preact_resnet110": (_preact_basic_count(18, (16, 32, 64), first_preact=False), 1.7, False),
+    "preact_resnet164": (_preact_bottleneck_count(18), 1.7, False),
+    "preact_resnet1001": (_preact_bottleneck_count(111), 10.2, False),
+    "wrn16_8": (_preact_basic_count(2, (128, 256, 512)), 11.0, True),
+    "wrn28_10": (_preact_basic_count(4, (160, 320, 640)), 36.5, True),
+    "wrn40_4": (_preact_basic_count(6, (64, 128, 256)), 8.9, True),
+}
+
+
+@pytest.mark.parametrize("name", list(PAPER_COUNTS))
+def test_preact_cifar_counts_follow_the_papers(name):
+    (weights, bn), millions, with_bn = PAPER_COUNTS[name]
+    params = _abstract_init(create_model(name))["params"]
+    assert count_params({"params": params}) == weights + bn
+    bn_params = sum(x.size for k, v in params.items() for x in jax.tree.leaves(v) if "bn" in str(k))
+    bn_params += sum(
+        x.size for b in params.values() for k, v in b.items() if "bn" in k for x in jax.tree.leaves(v)
+    )
+    assert bn_params == bn
+    assert round((weights + bn if with_bn else weights) / 1e6, 1) == millions
+    if name == "wrn28_10":
+        assert weights + bn == REFERENCE_COUNTS[(name, None)]
+
+
+def test_preact_and_keras_v2_layouts():
+    p = _abstract_init(create_model("preact_resnet164"))["params"]
+    assert "stem_bn" not in p and p["post_bn"]["scale"].shape == (256,)
+    # The first unit follows the bare stem conv: no preact BN; later units have one.
+    assert set(p["stage1_block0"]) == {"conv1", "bn1", "conv2", "bn2", "conv3", "shortcut_conv"}
+    assert set(p["stage1_block1"]) == {"preact_bn", "conv1", "bn1", "conv2", "bn2", "conv3"}
+    assert set(p["stage2_block0"]) == {"preact_bn", "conv1", "bn1", "conv2", "bn2", "conv3", "shortcut_conv"}
+    w = _abstract_init(create_model("wrn16_8"))["params"]
+    assert set(w["stage1_block0"]) == {"preact_bn", "conv1", "bn1", "conv2", "shortcut_conv"}
+    assert w["stage1_block0"]["shortcut_conv"]["kernel"].shape == (1, 1, 16, 128)
+    assert "shortcut_conv" not in w["stage1_block1"]
+    # Keras puts biases on the convs no BN follows: stem, last conv of a unit, projection.
+    v2 = _abstract_init(create_model("resnet50v2"))["params"]
+    assert v2["stem_conv"]["bias"].shape == (64,)
+    assert "bias" not in v2["stage1_block0"]["conv1"] and "bias" not in v2["stage1_block0"]["conv2"]
+    assert v2["stage1_block0"]["conv3"]["bias"].shape == (256,)
+    assert v2["stage1_block0"]["shortcut_conv"]["bias"].shape == (256,)
+    # Only the first unit of a stage changes channels; the last one strides with a subsampled shortcut.
+    assert "shortcut_conv" not in v2["stage1_block2"]
+    x = jnp.zeros((2, 224, 224, 3))
+    (_, feats), _ = jax.eval_shape(
+        lambda: create_model("resnet50v2").init_with_output(
+            jax.random.key(0), x, train=False, return_features=True
+        )
+    )
+    shapes = [feats[k].shape[1:] for k in ("stem", "stage1", "stage2", "stage3", "stage4")]
+    assert shapes == [(56, 56, 64), (28, 28, 256), (14, 14, 512), (7, 7, 1024), (7, 7, 2048)]
+    r = _abstract_init(create_model("resnext50_32x4d"))["params"]
+    assert r["stage1_block0"]["conv2"]["kernel"].shape == (3, 3, 4, 128)  # 32 groups of 4 channels
+    assert _abstract_init(create_model("wide_resnet50_2"))["params"]["stage4_block0"]["conv2"][
+        "kernel"
+    ].shape == (
+        3,
+        3,
+        1024,
+        1024,
+    )
+
+
+@pytest.mark.parametrize("block", [resnet_jax.PreActBasicBlock, resnet_jax.PreActBottleneckBlock])
+def test_preact_block_shortcuts(block):
+    # A zero last-norm scale makes the residual branch exactly zero, leaving the shortcut: the identity,
+    # a 1x1 subsampling where only the stride changes (Keras' MaxPooling2D(1, 2)), or a projection of the
+    # pre-activated input where the channels change.
+    x = _images(2, 6)
+    for features, stride, expected in ((8, 1, x), (8, 2, x[:, ::2, ::2]), (16, 2, None)):
+        xin = jnp.concatenate([x, x, x[..., :2]], -1)  # 8 channels
+        m = block(features, stride=stride, zero_init_last=True, **_factories(train=False))
+        variables = m.init(jax.random.key(0), xin, train=False)
+        y = m.apply(variables, xin, train=False)
+        if expected is None:
+            kernel = variables["params"]["shortcut_conv"]["kernel"][0, 0]
+            p = jax.nn.relu(xin / jnp.sqrt(1 + 1e-5))[:, ::2, ::2]
+            np.testing.assert_allclose(y, p @ kernel, rtol=1e-5, atol=1e-5)
+        else:
+            np.testing.assert_array_equal(y, jnp.concatenate([expected, expected, expected[..., :2]], -1))
+
+
+def _small_wrn(**kwargs):
+    return resnet_jax.ResNet(
+        (1, 1, 1),
+        (16, 32, 64),
+        block="preact_basic",
+        num_classes=10,
+        stem_features=16,
+        cifar_stem=True,
+        **kwargs,
+    )
+
+
+def test_dropout_needs_an_rng_only_in_training():
+    model = _small_wrn(dropout_rate=0.3)
+    variables = _init(model)
+    x = _images()
+    # No dropout parameters: the same variables as without dropout.
+    assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, _init(_small_wrn()))
+    eval_logits = model.apply(variables, x, train=False)  # no rng needed
+    np.testing.assert_array_equal(eval_logits, _small_wrn().apply(variables, x, train=False))
+    with pytest.raises(flax.errors.InvalidRngError):
+        model.apply(variables, x, train=True, mutable=["batch_stats"])
+    runs = [
+        model.apply(variables, x, train=True, mutable=["batch_stats"], rngs={"dropout": jax.random.key(k)})[0]
+        for k in (0, 0, 1)
+    ]
+    np.testing.assert_array_equal(runs[0], runs[1])
+    assert not np.allclose(runs[0], runs[2])
+    no_dropout, _ = _small_wrn().apply(variables, x, train=True, mutable=["batch_stats"])
+    assert not np.allclose(runs[0], no_dropout)
+
+
+def test_group_norm_is_one_factory_change():
+    model = create_model("resnet18", num_classes=10, norm="group")
+    variables = _init(model)
+    assert set(variables) == {"params"}  # GroupNorm keeps no running statistics
+    assert set(variables["params"]["stem_bn"]) == {"scale", "bias"}
+    x = _images()
+    logits = model.apply(variables, x, train=False)
+    np.testing.assert_array_equal(logits, model.apply(variables, x, train=True))  # no batch dependence
+    np.testing.assert_allclose(model.apply(variables, x[:1], train=False), logits[:1], rtol=1e-5, atol=1e-5)
+    # Same parameter names and shapes as the BatchNorm model.
+    bn = _abstract_init(create_model("resnet18", num_classes=10))["params"]
+    assert jax.tree.map(jnp.shape, bn) == jax.tree.map(jnp.shape, variables["params"])
+
+
+def test_frozen_batch_on_a_preact_net_keeps_statistics():
+    model, frozen = _small_wrn(), _small_wrn(norm="frozen_batch")
+    variables = _init(model)
+    x = _images()
+    logits, updates = frozen.apply(variables, x, train=True, mutable=["batch_stats"])
+    chex.assert_trees_all_equal(updates["batch_stats"], variables["batch_stats"])
+    np.testing.assert_array_equal(logits, model.apply(variables, x, train=False))
+
+
+@pytest.mark.parametrize("name", [n for n in ALL if n != "preact_resnet1001"])
+def test_every_name_rebuilds_from_its_meta(name):
+    import json
+
+    from resnet_jax.checkpoint import make_meta, model_from_meta
+
+    options = {"num_classes": 7, "zero_init_last_bn": True}
+    if create_model(name).block.endswith("basic"):
+        options["dropout_rate"] = 0.3
+    model = create_model(name, **options)
+    meta = json.loads(json.dumps(make_meta(name, model, preprocess=IMAGENET, origin="resnet-jax", step=0)))
+    assert meta["model_kwargs"] == options
+    rebuilt = model_from_meta(meta)
+    assert all(getattr(rebuilt, f) == getattr(model, f) for f in resnet_jax.registry.MODEL_FIELDS)
+
+
+IMAGENET = {"kind": "mean_std", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+
+
+@pytest.mark.parametrize(("name", "size", "count"), [("resnet20", 32, 269_722), ("wrn16_8", 32, 10_961_370)])
+def test_summary_uses_the_native_size_and_says_the_total_includes_bn_statistics(name, size, count):
+    from resnet_jax.summary import native_image_size, summary
+
+    assert native_image_size(name) == size and native_image_size("resnext50_32x4d") == 224
+    text = summary(name, depth=0)
+    stats = sum(x.size for x in jax.tree.leaves(_abstract_init(create_model(name))["batch_stats"]))
+    assert text.startswith(f"{name} on {size}x{size}x3 images.")
+    assert f"BatchNorm running statistics (batch_stats: {stats:,}) included" in text
+    assert f"Total Parameters: {count + stats:,}" in text
+    assert text.rstrip().splitlines()[-1] == f"Trainable parameters: {count:,}"
+
+
+@pytest.mark.parametrize(
+    ("config_name", "count", "boundaries_in_epochs"),
+    [("cifar10_wrn28_10", 36_479_194, (60, 120, 160)), ("cifar10_preact_resnet164", 1_703_226, None)],
+)
+def test_recipe_configs_build_their_models(config_name, count, boundaries_in_epochs):
+    import importlib
+
+    config = importlib.import_module(f"configs.{config_name}").get_config()
+    model = create_model(config.model, num_classes=config.num_classes, **config.model_kwargs.to_dict())
+    assert count_params(_abstract_init(model)) == count
+    steps_per_epoch = 50_000 // config.batch_size
+    if boundaries_in_epochs:  # the WRN paper: x0.2 at epochs 60/120/160 of 200, Nesterov, wd 5e-4
+        assert tuple(b / steps_per_epoch for b in config.lr_boundaries) == boundaries_in_epochs
+        assert config.num_train_steps == 200 * steps_per_epoch
+        assert (config.lr_decay_factor, config.nesterov, config.weight_decay) == (0.2, True, 5e-4)
+        assert model.dropout_rate == 0.0
+        with_dropout = create_model(config.model, dropout_rate=0.3)  # the documented override
+        assert with_dropout.dropout_rate == 0.3
+    else:  # the 2016 paper: 0.01 for 400 iterations, then 0.1, /10 at 32k and 48k, 64k iterations
+        assert (config.warmup, config.warmup_lr, config.warmup_steps) == ("constant", 0.01, 400)
+        assert tuple(config.lr_boundaries) == (32_000, 48_000) and config.num_train_steps == 64_000
+        assert (config.learning_rate, config.lr_decay_factor, config.weight_decay) == (0.1, 0.1, 1e-4)

@@ -1,4 +1,4 @@
-"""Import ImageNet-trained ResNet weights from torchvision and Keras applications.
+"""Import ImageNet-trained ResNet, ResNeXt, Wide ResNet and ResNetV2 weights from torchvision and Keras.
 
     model, variables = resnet_jax.convert.from_torchvision(state_dict, "resnet50")
     model, variables = resnet_jax.convert.from_keras(keras.applications.ResNet50())
@@ -8,7 +8,8 @@ Each returned model computes the same function as its eval-mode source. The sour
 different input preprocessing, recorded in each module's `PREPROCESS` spec:
 
   torchvision: RGB in [0, 1], then (x - (0.485, 0.456, 0.406)) / (0.229, 0.224, 0.225)
-  Keras:       "caffe": RGB in [0, 255] flipped to BGR, minus (103.939, 116.779, 123.68)
+  Keras v1:    "caffe": RGB in [0, 255] flipped to BGR, minus (103.939, 116.779, 123.68)
+  Keras V2:    "tf": x / 127.5 - 1 (mean_std with mean 0.5, std 0.5 on [0, 1] pixels)
 
 `python -m resnet_jax.convert --help` writes either as an orbax checkpoint. Neither torch nor Keras
 is imported by this package; they are needed only to read their weight files.

@@ -1,5 +1,8 @@
 """Converts torchvision or Keras ResNet weights into a resnet-jax orbax checkpoint.
 
+--arch: torchvision: resnet18/34/50/101/152, resnext50_32x4d, resnext101_32x8d, resnext101_64x4d,
+  wide_resnet50_2, wide_resnet101_2; keras: resnet50/101/152, resnet50v2/101v2/152v2.
+
   python -m resnet_jax.convert --from torchvision --arch resnet50 --weights resnet50-11ad3fa6.pth --out DIR
   python -m resnet_jax.convert --from keras --arch resnet50 \\
       --weights resnet50_weights_tf_dim_ordering_tf_kernels.h5 --out DIR
@@ -30,13 +33,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--from", dest="source", required=True, choices=("torchvision", "keras"))
     parser.add_argument(
-        "--arch", required=True, help="torchvision: resnet18/34/50/101/152; keras: resnet50/101/152"
+        "--arch", required=True, help="a registry name of the source architecture (listed above)"
     )
     parser.add_argument(
         "--weights",
         required=True,
         type=Path,
-        help="torchvision: a .pth state dict; keras: a .h5, .weights.h5 or .keras weights file",
+        help="torchvision: a .pth state dict (also {'state_dict': ...} / {'model': ...} wrapped, "
+        "'module.' prefixed); keras: a .h5, .weights.h5 or .keras weights file",
     )
     parser.add_argument("--out", required=True, type=Path, help="checkpoint step directory to create")
     parser.add_argument(
@@ -56,7 +60,7 @@ def convert_file(
 
     Args:
       source: 'torchvision' or 'keras'.
-      arch: registry name (resnet18..resnet152) of the source architecture.
+      arch: registry name of the source architecture (torchvision_convert.ARCHS or keras_convert.ARCHS).
       weights: the weights file.
       num_classes: Keras only: classes of the file's head (default 1000).
 
@@ -84,7 +88,7 @@ def convert_file(
             weights, arch, 1000 if num_classes is None else num_classes
         )
         model, variables = keras_convert.from_keras(keras_model)
-        preprocess, origin = keras_convert.PREPROCESS, "keras"
+        preprocess, origin = keras_convert.preprocess_for(arch), "keras"
     meta = make_meta(arch, model, preprocess=preprocess, origin=origin, step=0, source_weights=weights.name)
     return model, variables, meta
 
@@ -94,6 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from resnet_jax.checkpoint import save_checkpoint
 
+    if args.out.exists() and not args.overwrite:
+        # Before converting (minutes for big nets), and naming the CLI flag rather than the Python argument.
+        print(f"error: --out {args.out} exists; pass --overwrite to replace it", file=sys.stderr)
+        return 1
     try:
         model, variables, meta = convert_file(args.source, args.arch, args.weights, args.num_classes)
         path = save_checkpoint(args.out, variables, meta, overwrite=args.overwrite)
@@ -103,6 +111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"error: reading {args.source} weights needs {e.name}: pip install 'resnet-jax[{extra}]'",
             file=sys.stderr,
         )
+        return 1
+    except FileExistsError:  # created meanwhile
+        print(f"error: --out {args.out} exists; pass --overwrite to replace it", file=sys.stderr)
         return 1
     except (ValueError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -38,7 +38,8 @@ def variable_shapes(model: ResNet) -> dict[Path, tuple[int, ...]]:
     return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(abstract).items()}
 
 
-def _source_shape(flax_shape: tuple[int, ...], perm: tuple[int, ...] | None) -> tuple[int, ...]:
+def source_shape(flax_shape: tuple[int, ...], perm: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The source array's shape for a Flax variable of `flax_shape` reached by transposing with `perm`."""
     # np.transpose(src, perm) has shape src.shape[perm[i]] at axis i; invert that.
     if perm is None:
         return flax_shape
@@ -75,7 +76,7 @@ def assemble_variables(
     for path, shape in variable_shapes(model).items():
         name, perm = source_key(path)
         used.add(name)
-        want = _source_shape(shape, perm)
+        want = source_shape(shape, perm)
         if name not in source:
             missing.append(f"  {name}  (expected shape {want})")
         elif tuple(source[name].shape) != want:
