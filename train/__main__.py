@@ -44,8 +44,7 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(f"FATAL Flags parsing error: {e}\nPass --helpshort or --helpfull to see help on flags.")
     except (AttributeError, KeyError) as e:  # ml_collections' report of an override naming no field
         sys.exit(f"error: unknown config field {_innermost(e)} (every field is listed in configs/default.py)")
-    except (OSError, SyntaxError, ImportError, NameError, TypeError, ValueError) as e:
-        # A config file that is missing or does not import (config_flags loads it while parsing).
+    except (OSError, SyntaxError, ImportError, NameError, TypeError, ValueError) as e:  # the file itself
         sys.exit(f"error: cannot load the --config file: {type(e).__name__}: {_innermost(e)}")
 
 
@@ -56,7 +55,11 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     import jax
 
-    config = FLAGS.config
+    try:  # config_flags loads the file on the first access to a field
+        config = FLAGS.config
+        config.distributed  # noqa: B018
+    except (OSError, SyntaxError, ImportError, NameError, TypeError, ValueError, AttributeError) as e:
+        sys.exit(f"error: cannot load the --config file: {type(e).__name__}: {_innermost(e)}")
     if config.distributed:
         jax.distributed.initialize(
             coordinator_address=config.coordinator_address,

@@ -68,7 +68,11 @@ def get_builder(name: str, data_dir: str | None) -> Any:
     try:
         builder = tfds.builder(name, data_dir=root)
     except tfds.core.registered.DatasetNotFoundError as e:
-        raise DatasetUnavailableError(f"unknown tfds dataset {name!r} (looked in {root}): {e}") from None
+        del e  # its text lists every registered dataset: hundreds of lines
+        raise DatasetUnavailableError(
+            f"unknown tfds dataset {name!r}: it is not a registered tfds dataset and {root} holds no "
+            f"prepared copy ({name}/<version>/); check the name, or point --config.data_dir at one"
+        ) from None
     except Exception as e:  # a damaged dataset_info.json or features.json: JSON or protobuf errors
         raise DatasetUnavailableError(
             f"cannot read the prepared {name!r} in {root} ({type(e).__name__}: {str(e)[:200]}): its "
@@ -112,8 +116,11 @@ def _reachable(host: str, timeout_s: float = 5.0) -> bool:
 
 def label_info(builder: Any) -> tuple[int | None, tuple[str, ...] | None]:
     """(number of classes, class names) of a builder's 'label' feature, (None, None) if it has none."""
-    label = builder.info.features.get("label") if hasattr(builder.info.features, "get") else None
-    if label is None or not hasattr(label, "num_classes"):
+    try:
+        label = builder.info.features["label"]
+    except (KeyError, TypeError):
+        return None, None
+    if not hasattr(label, "num_classes"):
         return None, None
     names = tuple(label.names) if getattr(label, "names", None) else None
     return label.num_classes, names

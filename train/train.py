@@ -71,7 +71,7 @@ def train_step(
     Args:
       state: the train state (params, batch_stats, opt_state, step).
       batch: {'image': uint8 [B, H, W, C], 'label': int [B]}.
-      rng: this step's augmentation key.
+      rng: this step's key: augmentation, and dropout for models that have it.
       mean, std: normalisation, broadcastable to [H, W, C], in [0, 1] units.
       pad, flip: on-device augmentation (see input_pipeline.augment); 0 and False when the host
         pipeline augments.
@@ -84,7 +84,11 @@ def train_step(
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
-            {"params": params, "batch_stats": state.batch_stats}, x, train=True, mutable=["batch_stats"]
+            {"params": params, "batch_stats": state.batch_stats},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+            rngs={"dropout": jax.random.fold_in(rng, 1)},  # used only by models with dropout_rate > 0
         )
         loss = cross_entropy(logits, batch["label"], label_smoothing).mean()
         return loss, (logits, updates["batch_stats"])

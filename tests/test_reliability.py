@@ -1,0 +1,234 @@
+"""Never lose the good weights: retention across restarts, divergence, corruption, bad input, signals.
+
+Each test makes the fault happen and then asserts on what is on disk and on the exit status.
+"""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+import resnet_jax
+from configs import smoke
+from resnet_jax.checkpoint import CheckpointError, RunCheckpoints
+from train import metrics as metrics_lib
+from train import train
+from train.configuration import ConfigError
+from train.run_state import TrainingDiverged
+from train.testing import write_fake_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    cache = str(tmp_path_factory.mktemp("jax_cache"))
+    old = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield cache
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    d = str(tmp_path_factory.mktemp("fake_tfds"))
+    write_fake_dataset(d, num_train=64, num_test=20)
+    return d
+
+
+def config(data_dir, **overrides):
+    c = smoke.get_config()
+    c.dataset, c.data_dir = "fake_cifar", data_dir
+    for k, v in overrides.items():
+        c[k] = v
+    return c
+
+
+def saved_state(workdir, step):
+    return ocp.StandardCheckpointer().restore(Path(workdir) / "checkpoints" / str(step) / "state")
+
+
+def all_finite(tree):
+    return all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(tree))
+
+
+def test_best_checkpoint_survives_two_restarts(data_dir, tmp_path):
+    # keep_checkpoints=1: only the latest and the best stay. Evaluations at every 2 steps.
+    c = dict(keep_checkpoints=1, eval_every_steps=2, checkpoint_every_steps=2)
+    for stop in (4, 8, -1):  # two restarts
+        train.train_and_evaluate(config(data_dir, stop_after_steps=stop, **c), str(tmp_path))
+    tests = [r for r in metrics_lib.read_metrics(str(tmp_path / "metrics.jsonl")) if r["split"] == "test"]
+    best = max(r["accuracy"] for r in tests)
+    kept = RunCheckpoints(str(tmp_path), 1).all_steps()
+    kept_accuracy = {r["step"]: r["accuracy"] for r in tests if r["step"] in kept}
+    assert 12 in kept and best in kept_accuracy.values(), (kept, tests)
+    assert len(kept) <= 2
+    # The best is known from disk alone (saved with each checkpoint), as a new process would see it.
+    assert kept_accuracy[RunCheckpoints(str(tmp_path), 1).best_step()] == best
+
+
+def test_divergence_stops_without_saving_and_keeps_the_good_checkpoints(data_dir, tmp_path):
+    train.train_and_evaluate(config(data_dir, stop_after_steps=8), str(tmp_path))
+    good = RunCheckpoints(str(tmp_path), 2).all_steps()
+    assert good == [6, 8]  # keep_checkpoints=2 of the saves at 4, 6 (evaluated) and 8
+    before = {s: saved_state(tmp_path, s) for s in good}
+    # Resumed with a learning rate that blows up: stops with the step and the last good checkpoint.
+    with pytest.raises(TrainingDiverged, match=r"non-finite at step \d+.*last good checkpoint is step 8"):
+        train.train_and_evaluate(config(data_dir, learning_rate=1e6), str(tmp_path))
+    assert RunCheckpoints(str(tmp_path), 2).all_steps() == good
+    for s in good:
+        after = saved_state(tmp_path, s)
+        assert all_finite(after["params"])
+        for x, y in zip(jax.tree.leaves(before[s]), jax.tree.leaves(after), strict=True):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_divergence_exit_status_from_the_cli(data_dir, tmp_path, compilation_cache):
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": compilation_cache}
+    cmd = [sys.executable, "-m", "train", "--config", str(REPO / "configs" / "smoke.py"),
+           f"--workdir={tmp_path}", "--config.dataset=fake_cifar", f"--config.data_dir={data_dir}",
+           "--config.learning_rate=1e6"]  # fmt: skip
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert "error: training diverged" in done.stderr and "Traceback" not in done.stderr
+    for step in RunCheckpoints(str(tmp_path), 2).all_steps():
+        assert all_finite(saved_state(tmp_path, step)["params"])
+
+
+def _flip_bytes(step_dir):
+    data = sorted((p for p in (step_dir / "state").rglob("*") if p.is_file() and p.parent.name == "d"),
+                  key=lambda p: p.stat().st_size)[-1]  # fmt: skip
+    raw = bytearray(data.read_bytes())
+    middle = len(raw) // 2
+    raw[middle : middle + 64] = bytes(255 - b for b in raw[middle : middle + 64])
+    data.write_bytes(bytes(raw))
+
+
+def test_flipped_bytes_in_a_saved_array_are_detected_on_load(tmp_path):
+    model = resnet_jax.create_model("resnet20")
+    variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
+    meta = resnet_jax.checkpoint.make_meta(
+        "resnet20", model, preprocess={"kind": "mean_std", "mean": [0.5] * 3, "std": [0.25] * 3},
+        origin="resnet-jax", step=0,
+    )  # fmt: skip
+    path = resnet_jax.save_checkpoint(tmp_path / "0", variables, meta)
+    resnet_jax.load_checkpoint(path)  # intact: loads
+    _flip_bytes(Path(path))
+    with pytest.raises(
+        CheckpointError, match=r"unusable: (its content does not match its checksums|cannot read)"
+    ):
+        resnet_jax.load_checkpoint(path)
+
+
+def test_bad_input_leaves_the_workdir_untouched(data_dir, tmp_path):
+    workdir = tmp_path / "run"
+    train.train_and_evaluate(config(data_dir, stop_after_steps=4), str(workdir))
+    snapshot = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    bad = [
+        (dict(data_dir=str(tmp_path / "nothing")), "holds no prepared copy"),
+        (dict(dataset="no_such_dataset"), "unknown tfds dataset"),
+        (dict(num_classes=5), "num_classes=5 but fake_cifar has 10 classes"),
+        (
+            dict(model="resnet32"),
+            r"do not fit this config \(fields that differ from its config.json: .*model",
+        ),
+    ]
+    for overrides, message in bad:
+        with pytest.raises((ConfigError, CheckpointError, Exception), match=message) as e:
+            c = config(data_dir)
+            c.update(overrides)
+            train.train_and_evaluate(c, str(workdir))
+        assert "delete" not in str(e.value), "never advise deleting a good checkpoint"
+        assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == snapshot, overrides
+    # A fresh workdir given bad input is not even created.
+    with pytest.raises(Exception, match="num_classes=5"):
+        train.train_and_evaluate(config(data_dir, num_classes=5), str(tmp_path / "new"))
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    ("workdir", "message"),
+    [("", "--workdir is empty"), ("file", "is a file, not a directory")],
+)
+def test_empty_or_file_workdir_is_rejected(data_dir, tmp_path, workdir, message):
+    if workdir:
+        workdir = str(tmp_path / workdir)
+        Path(workdir).write_text("not a directory")
+    with pytest.raises(ConfigError, match=message):
+        train.train_and_evaluate(config(data_dir), workdir)
+
+
+def test_predict_rejects_raw_float_pixels_and_non_finite_input():
+    model = resnet_jax.create_model("resnet20")
+    variables = model.init(jax.random.key(0), np.zeros((1, 32, 32, 3), np.float32), train=False)
+    spec = {"kind": "mean_std", "mean": [0.49, 0.48, 0.45], "std": [0.25, 0.24, 0.26]}
+    predict = resnet_jax.make_predict_fn(model, spec)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.float64)
+    with pytest.raises(ValueError, match="raw pixels must be passed as uint8"):
+        predict(variables, pixels)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        predict(variables, np.full((1, 32, 32, 3), np.nan, np.float32))
+    normalised = (pixels / 255 - np.array(spec["mean"])) / np.array(spec["std"])
+    np.testing.assert_allclose(
+        predict(variables, normalised.astype(np.float32)),
+        predict(variables, pixels.astype(np.uint8)),
+        atol=1e-5,
+    )
+
+
+@pytest.mark.parametrize(
+    ("config_path", "message"),
+    [
+        ("missing.py", "error: cannot load the --config file"),
+        ("syntax.py", "error: cannot load the --config file"),
+    ],
+)
+def test_config_file_errors_are_one_line(tmp_path, config_path, message):
+    (tmp_path / "syntax.py").write_text("def get_config(:\n")
+    cmd = [
+        sys.executable,
+        "-m",
+        "train",
+        "--config",
+        str(tmp_path / config_path),
+        f"--workdir={tmp_path / 'w'}",
+    ]
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and message in done.stderr, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and not (tmp_path / "w").exists()
+
+
+def test_ctrl_c_is_acknowledged_at_once_saves_and_exits_130(data_dir, tmp_path, compilation_cache):
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": compilation_cache,
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # fmt: skip
+    cmd = [sys.executable, "-m", "train", "--config", str(REPO / "configs" / "smoke.py"),
+           f"--workdir={tmp_path}", "--config.dataset=fake_cifar", f"--config.data_dir={data_dir}",
+           "--config.log_every_steps=1", "--config.num_train_steps=2000", "--config.eval_every_steps=-1",
+           "--config.checkpoint_every_steps=1000"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    metrics_file = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics_file.exists() and metrics_file.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)
+    sent = time.time()
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGINT, out[-2000:]
+    assert "SIGINT received: stopping after step" in out and "resume with:" in out
+    stopped_at = int(out.split("stopped by SIGINT at step ")[1].split(";")[0])
+    assert RunCheckpoints(str(tmp_path), 2).latest_step() == stopped_at < 2000
+    assert time.time() - sent < 60
+    assert math.isfinite(json.loads(metrics_file.read_text().splitlines()[-1])["loss"])
