@@ -173,19 +173,25 @@ def jax_resnet20(args, steps: dict, mesh, data, dtype: str) -> dict:
     """resnet20: the training loop's per-step program over the uint8 split `data` held on the device."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     from jax.sharding import NamedSharding
     from jax.sharding import PartitionSpec as P
 
     make, size, b = jax_models(args.smoke)["resnet20"]
     config, state = _state(steps, make(dtype=jnp.dtype(dtype)), size, b, mesh)
     mean, std = jnp.asarray(CIFAR_MEAN), jnp.asarray(CIFAR_STD)
-    keys = tuple(jax.random.split(jax.random.key(2)))
-    run_train, _ = steps["tr"].make_loop_fns(config, mesh, data, data, keys, mean, std)
+    from train import input_pipeline, programs
+
+    data_key, aug_key = jax.random.split(jax.random.key(2))
+    spec = {"kind": "mean_std", "mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)}
+    pipeline = input_pipeline.InMemoryPipeline(
+        data, data, batch_size=b, data_key=data_key, preprocess=spec, num_classes=10
+    )
+    step_fn = functools.partial(steps["train_step"], mean=mean, std=std, pad=config.pad, flip=config.flip)
+    train_fn = programs.make_train_fn(step_fn, mesh, pipeline.device_batch, aug_key)
     rep = NamedSharding(mesh, P())
 
     def zeros():  # fresh each time: the program donates its sums
-        return jax.device_put({"loss": np.float32(0), "accuracy": np.float32(0), "steps": np.float32(0)}, rep)
+        return jax.device_put(programs.zero_sums(), rep)
 
     loop = {"state": state, "sums": zeros()}
     del state
@@ -193,7 +199,7 @@ def jax_resnet20(args, steps: dict, mesh, data, dtype: str) -> dict:
     def run_program(k):
         s, sums = loop["state"], loop["sums"]
         for _ in range(k):
-            s, sums = run_train(s, sums)
+            s, sums, _ = train_fn(s, sums, (data.images, data.labels))
         jax.device_get(sums)  # the loop's log-step sync
         loop["state"], loop["sums"] = jax.block_until_ready(s), zeros()
 
