@@ -11,7 +11,7 @@ Measured, each as the median img/s of `--windows` timed windows of `--steps` ste
                        program from train.programs.make_train_fn: batch selection from the uint8 split
                        held on device, crop/flip/normalise, forward, backward, SGD update, metric
                        sums; host syncs every log_every_steps) on synthetic uint8 data.
-        train_step:    the bare jitted train.train.train_step (train.train.jit_train_step), called in
+        train_step:    the bare jitted train.train.train_step (bench/common.py jit_train_step), called in
                        a loop on one device-resident uint8 batch.
         eval:          the training program's whole-split evaluation (one compiled program).
   torch train_step:    forward + loss + backward + SGD step on one pre-made float batch.

@@ -3,6 +3,7 @@
 The CLI's full smoke run (train, SIGTERM, resume, outputs) is in test_resume.py.
 """
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_cli(*args, timeout=180):
     cmd = [sys.executable, "-m", "train", "--config", str(REPO / "configs" / "smoke.py"), *args]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    env = {**os.environ, "RESNET_JAX_OFFLINE": "1"}  # as offline, whatever this machine's network
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.parametrize(
@@ -41,6 +43,7 @@ def test_missing_workdir_flag():
 def test_missing_dataset_names_the_fixes(tmp_path):
     out = run_cli(f"--workdir={tmp_path / 'run'}", f"--config.data_dir={tmp_path / 'empty'}")
     assert out.returncode != 0
+    assert "RESNET_JAX_OFFLINE=1 forbids downloading it" in out.stderr
     assert f"cifar-10-binary.tar.gz in {tmp_path / 'empty'}/downloads/manual/" in out.stderr, out.stderr[
         -2000:
     ]

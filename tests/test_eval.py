@@ -45,6 +45,17 @@ def test_evaluate_equals_the_final_logged_evaluation(smoke_run):
     flipped = evaluate(workdir, hflip=True)
     assert flipped["accuracy"] == got["accuracy"]
     assert flipped["accuracy_hflip"] == final["accuracy_hflip"] == result["test_accuracy_hflip"]
+    # Independently of make_eval_fn: load_checkpoint + make_predict_fn on the raw split, counted in numpy.
+    import numpy as np
+
+    import resnet_jax
+    from train import tfds_data
+
+    _, data_dir, _ = smoke_run
+    images, labels = tfds_data.load_split(tfds_data.get_builder("fake_cifar", data_dir), "test")
+    model, variables = resnet_jax.load_checkpoint(workdir)
+    logits = np.asarray(resnet_jax.make_predict_fn(model)(variables, images))
+    assert len(labels) == 20 and float(np.mean(logits.argmax(-1) == labels)) == pytest.approx(got["accuracy"])
     # An older checkpoint gives the evaluation logged at its step.
     at_6 = next(r for r in logged if r["step"] == 6)
     assert evaluate(workdir, step=6)["accuracy"] == at_6["accuracy"]

@@ -163,3 +163,9 @@ def test_fine_tune_run_end_to_end(tmp_path):
     _assert_bitwise(source["batch_stats"], variables["batch_stats"])
     assert evaluate(workdir)["accuracy"] == result["test_accuracy"]
     assert os.path.exists(os.path.join(workdir, "config.json"))
+    # Independently of the eval program: the checkpoint alone, on raw uint8 test images, counted in numpy.
+    from train import tfds_data
+
+    images, labels = tfds_data.load_split(tfds_data.get_builder(config.dataset, data_dir), "test")
+    logits = np.asarray(make_predict_fn(model)(variables, images))
+    assert float(np.mean(logits.argmax(-1) == labels)) == pytest.approx(result["test_accuracy"])

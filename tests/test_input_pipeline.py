@@ -93,7 +93,9 @@ def test_load_split_under_mock_data():
     assert labels.dtype == np.int32 and labels.shape == (12,) and labels.min() >= 0 and labels.max() < 10
 
 
-def test_missing_dataset_names_what_where_and_both_fixes(tmp_path):
+def test_missing_dataset_names_what_where_and_both_fixes(tmp_path, monkeypatch):
+    # As on a machine without internet, whether or not this one has it.
+    monkeypatch.setattr(tfds_data, "_reachable", lambda host, timeout_s=5.0: False)
     start = time.perf_counter()
     with pytest.raises(tfds_data.DatasetUnavailableError) as e:
         tfds_data.get_builder("cifar10", str(tmp_path))
@@ -105,6 +107,7 @@ def test_missing_dataset_names_what_where_and_both_fixes(tmp_path):
 
 
 def test_tfds_data_dir_env_is_honoured(tmp_path, monkeypatch):
+    monkeypatch.setenv("RESNET_JAX_OFFLINE", "1")  # never download, whatever the network
     monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "env_dir"))
     assert tfds_data.resolve_data_dir(None) == str(tmp_path / "env_dir")
     assert tfds_data.resolve_data_dir(str(tmp_path / "cfg")) == str(tmp_path / "cfg")

@@ -285,6 +285,12 @@ def test_bfloat16_compute_keeps_float32_state_and_logits():
     assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(_init(bf16)["params"]))
     ref, _ = f32.apply(variables, x, train=True, mutable=["batch_stats"])
     np.testing.assert_allclose(logits, ref, atol=0.1 * float(jnp.abs(ref).max()) + 0.05)
+    # The computation really is bfloat16: intermediate activations, and logits that differ from float32's.
+    _, feats = bf16.apply(variables, x, train=False, return_features=True)
+    _, feats32 = f32.apply(variables, x, train=False, return_features=True)
+    assert {feats[k].dtype for k in ("stem", "stage1", "stage3")} == {jnp.dtype(jnp.bfloat16)}
+    assert {feats32[k].dtype for k in ("stem", "stage1", "stage3")} == {jnp.dtype(jnp.float32)}
+    assert not np.array_equal(np.asarray(logits), np.asarray(ref))
     grads = jax.grad(lambda p: bf16.apply({**variables, "params": p}, x, train=False).sum())(
         variables["params"]
     )

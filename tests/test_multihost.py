@@ -142,6 +142,8 @@ def test_two_processes_train_like_one_process_with_all_devices(tmp_path, data_di
         assert g["loss"] == pytest.approx(r["loss"], abs=1e-4)
     # Only process 0 writes metrics: one line per (step, split), no duplicates from process 1.
     assert len(_metrics(workdir)) == len(_metrics(single_run))
+    # ...and TensorBoard events: one writer, one events file.
+    assert len([f for f in os.listdir(workdir / "tensorboard") if f.startswith("events.out")]) == 1
 
 
 def test_one_process_resumes_a_two_process_checkpoint(tmp_path, data_dir, single_run):
@@ -153,3 +155,47 @@ def test_one_process_resumes_a_two_process_checkpoint(tmp_path, data_dir, single
     _, ref = load_checkpoint(str(single_run))
     _, got = load_checkpoint(str(workdir))
     _assert_close(ref, got)
+
+
+def test_sigterm_to_one_process_stops_every_process_at_the_same_step(tmp_path, data_dir):
+    import signal
+    import time
+
+    workdir = tmp_path / "preempted"
+    port = _free_port()
+    extra = ["--config.num_train_steps=5000", "--config.eval_every_steps=-1", "--config.log_every_steps=1",
+             "--config.checkpoint_every_steps=2500"]  # fmt: skip
+    procs = [
+        subprocess.Popen(
+            _command(
+                workdir,
+                data_dir,
+                "--config.distributed=True",
+                f"--config.coordinator_address=127.0.0.1:{port}",
+                "--config.num_processes=2",
+                f"--config.process_id={i}",
+                *extra,
+            ),
+            env=_env(4),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        deadline = time.time() + TIMEOUT_S
+        metrics = workdir / "metrics.jsonl"
+        while not (metrics.exists() and metrics.read_text().strip()) and time.time() < deadline:
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGTERM)  # a preemption notice reaches one host only
+        outputs = [p.communicate(timeout=TIMEOUT_S) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [128 + signal.SIGTERM] * 2, outputs[0][1][-2000:]
+    stopped_at = int(outputs[0][0].split("stopped by SIGTERM at step ")[1].split(";")[0])
+    assert stopped_at < 5000
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == stopped_at  # one collective save, at the step both processes agreed on

@@ -87,3 +87,15 @@ def test_sgd_matches_torch(nesterov):
         opt.step()
     np.testing.assert_allclose(p["conv"]["kernel"], kernel.detach().numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(p["bn"]["scale"], scale.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("on", "bn_decays"), [("kernels", False), ("all", True)])
+def test_weight_decay_on_selects_the_decayed_parameters(on, bn_decays):
+    c = cifar10_resnet20.get_config()
+    c.schedule, c.weight_decay, c.weight_decay_on, c.momentum = "constant", 0.1, on, 0.0
+    params = {"conv": {"kernel": jnp.ones((3, 3))}, "bn": {"scale": jnp.ones(3), "bias": jnp.ones(3)}}
+    tx = optim.create_optimizer(c, 10)
+    zero = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zero, tx.init(params), params)  # zero gradients: only the decay acts
+    assert float(jnp.abs(updates["conv"]["kernel"]).max()) > 0
+    assert (float(jnp.abs(updates["bn"]["scale"]).max()) > 0) == bn_decays

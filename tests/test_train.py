@@ -115,6 +115,8 @@ def test_eval_step_hflip_averages_the_softmax_of_both_views(mean):
     views = [normalize(v, mean, STD) for v in (batch["image"], batch["image"][:, :, ::-1])]
     probs = [jax.nn.softmax(state.apply_fn(variables, v, train=False)) for v in views]
     single, averaged = np.argmax(probs[0], -1), np.argmax(probs[0] + probs[1], -1)
+    # The two views disagree somewhere, so the test can tell the flip-averaged count from the single one.
+    assert (single[:12] != averaged[:12]).any(), "pick a batch where the mirrored view changes a prediction"
     # Labels: the averaged prediction for the first 12, the single-view one for the last 4, so both
     # counts are known and (for this init) differ wherever the two predictions differ.
     labels = np.r_[averaged[:12], single[12:]].astype(np.int32)
@@ -202,3 +204,61 @@ def test_half_precision_step_keeps_float32_params():
     )
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
     assert np.isfinite(float(m["loss"]))
+    # bf16 is really used: the same step in float32 gives other numbers.
+    f32 = train.create_train_state(
+        jax.random.PRNGKey(0), build_model(smoke.get_config()), optax.sgd(0.1), (32, 32, 3)
+    )
+    _, m32 = jax.jit(lambda s, b, r: train.train_step(s, b, r, mean=MEAN, std=STD))(
+        f32, batch, jax.random.PRNGKey(0)
+    )
+    assert float(m["loss"]) != float(m32["loss"])
+
+
+def test_half_precision_run_trains_checkpoints_evaluates_and_resumes(tmp_path):
+    from resnet_jax.checkpoint import load_checkpoint
+    from train.eval import evaluate
+
+    data_dir = str(tmp_path / "data")
+    write_fake_dataset(data_dir, num_train=64, num_test=20)
+    c = smoke.get_config()
+    c.dataset, c.data_dir, c.half_precision = "fake_cifar", data_dir, True
+    c.stop_after_steps = 6
+    stopped = train.train_and_evaluate(c, str(tmp_path / "run"))
+    assert stopped["step"] == 6
+    c.stop_after_steps = -1
+    result = train.train_and_evaluate(c, str(tmp_path / "run"))
+    assert result["step"] == 12 and np.isfinite(result["test_loss"])
+    model, variables = load_checkpoint(tmp_path / "run")
+    assert model.dtype == jnp.bfloat16  # the checkpoint's meta rebuilds the bf16 model
+    assert all(v.dtype == jnp.float32 for v in jax.tree.leaves(variables))
+    assert evaluate(str(tmp_path / "run"))["accuracy"] == result["test_accuracy"]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        dict(normalization="per_pixel"),
+        dict(num_train_steps=-1, num_epochs=0.75),  # 64 examples / batch 16: 3 steps
+        dict(weight_decay_on="all"),
+        dict(num_classes=100, dataset="fake_cifar100"),  # as cifar100: 100 classes
+    ],
+    ids=["per_pixel", "num_epochs", "weight_decay_all", "100_classes"],
+)
+def test_readme_options_run_end_to_end(tmp_path_factory, overrides):
+    import resnet_jax
+
+    data_dir = str(tmp_path_factory.getbasetemp() / "options_data")
+    if not os.path.exists(os.path.join(data_dir, "fake_cifar100")):
+        write_fake_dataset(data_dir, num_train=64, num_test=20)
+        write_fake_dataset(data_dir, name="fake_cifar100", num_train=64, num_test=20, num_classes=100)
+    c = smoke.get_config()
+    c.dataset, c.data_dir = "fake_cifar", data_dir
+    c.num_train_steps, c.eval_every_steps, c.log_every_steps = 3, -1, 1
+    c.update(overrides)
+    workdir = tmp_path_factory.mktemp("run")
+    result = train.train_and_evaluate(c, str(workdir))
+    assert result["step"] == 3 and np.isfinite(result["test_loss"])
+    model, _ = resnet_jax.load_checkpoint(workdir)
+    assert model.num_classes == c.num_classes
+    if c.normalization == "per_pixel":  # the mean image travels in the meta and predict applies it
+        assert np.asarray(model.preprocess["mean"]).shape == (32, 32, 3)

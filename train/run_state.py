@@ -188,7 +188,7 @@ class RunState:
         stopped_by, eval_metrics = None, None
         window_start, window_step = _now(), self.step
         try:
-            with StopRequest(enabled=self.is_main) as stop:
+            with StopRequest(enabled=self.is_main, multi_host=jax.process_count() > 1) as stop:
                 stop.step = self.step
                 while self.step < self.num_steps:
                     self.state, self.sums, done = run_train(self.state, self.sums, next(inputs))
@@ -203,7 +203,7 @@ class RunState:
                     eval_now = step == self.num_steps or (
                         c.eval_every_steps > 0 and step % c.eval_every_steps == 0
                     )
-                    stop_now = stop.signum is not None or step == c.stop_after_steps
+                    stop_now = stop.requested(step) or step == c.stop_after_steps
                     save_now = eval_now or stop_now or step % c.checkpoint_every_steps == 0
                     if not (log_now or save_now):
                         continue

@@ -21,20 +21,40 @@ class StopRequest:
       signum: the first signal received, or None.
       step: the last step the loop reported (used in the acknowledgement).
       enabled: print the acknowledgement (False on every process but process 0).
+      multi_host: several processes: agree on the stopping step through jax.distributed.
     """
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, multi_host: bool = False):
         self.signum: int | None = None
         self.step = 0
         self.enabled = enabled
+        self.multi_host = multi_host
         self._previous: dict[int, object] = {}
+
+    def requested(self, step: int) -> bool:
+        """Whether to stop after `step`. Multi-host: every process answers True at the same step.
+
+        With several processes, SIGTERM is left to JAX's preemption notifier (jax.distributed): a
+        signal to any process makes every process reach the same sync point, so all save the same step.
+        """
+        if self.multi_host and self.signum is None:
+            from jax.experimental import multihost_utils
+
+            if multihost_utils.reached_preemption_sync_point(step):
+                self.signum = signal.SIGTERM
+                if self.enabled:
+                    print(
+                        f"\nSIGTERM received: stopping after step {step}, saving a checkpoint...", flush=True
+                    )
+        return self.signum is not None
 
     @property
     def name(self) -> str | None:
         return signal.Signals(self.signum).name if self.signum is not None else None
 
     def __enter__(self) -> StopRequest:
-        for sig in STOP_SIGNALS:
+        # Multi-host: JAX's preemption notifier owns SIGTERM (see `requested`).
+        for sig in (signal.SIGINT,) if self.multi_host else STOP_SIGNALS:
             # Outside the main thread signals cannot be caught; leave them alone there.
             with contextlib.suppress(ValueError):
                 self._previous[sig] = signal.signal(sig, self._handle)

@@ -86,7 +86,9 @@ def get_builder(name: str, data_dir: str | None) -> Any:
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
         return builder
     host = DOWNLOAD_HOSTS.get(name)
-    if host is None or _reachable(host):
+    if os.environ.get("RESNET_JAX_OFFLINE") == "1":  # air-gapped machines: never try a download
+        reason = "RESNET_JAX_OFFLINE=1 forbids downloading it"
+    elif host is None or _reachable(host):
         try:
             builder.download_and_prepare()
             return builder
