@@ -88,9 +88,18 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0])
 
 
-def _read(source: RandomAccessSource, index: int, transform: Transform, rng) -> tuple[np.ndarray, int]:
+def describe(source: RandomAccessSource) -> str:
+    """A short name of a source for messages (a list's repr would print every image)."""
+    if isinstance(source, ImageFolder) or hasattr(source, "dataset_info"):
+        return repr(source)
+    return f"{type(source).__name__} of {len(source)}"
+
+
+def _read(
+    source: RandomAccessSource, source_name: str, index: int, transform: Transform, rng
+) -> tuple[np.ndarray, int]:
     record = source[index]
-    name = record.get("path") or f"{source!r}[{index}]"
+    name = record.get("path") or f"{source_name}[{index}]"
     return transform(record["image"], rng, name), int(record["label"])
 
 
@@ -99,6 +108,7 @@ class _TrainExample:
     """Local position j of this process's stream -> its training example (picklable for workers)."""
 
     source: RandomAccessSource
+    source_name: str
     transform: Transform
     seed: int
     batch_size: int
@@ -114,7 +124,7 @@ class _TrainExample:
             k, max_index=len(self.source) - 1, seed=epoch_seed(self.seed, epoch), rounds=4
         )
         rng = image_ops.example_rng(self.seed, position) if self.transform.random else None
-        image, label = _read(self.source, index, self.transform, rng)
+        image, label = _read(self.source, self.source_name, index, self.transform, rng)
         return {"image": image, "label": np.int32(label)}
 
 
@@ -123,6 +133,7 @@ class _EvalExample:
     """Local position j -> eval example in file order, or a zero image with mask 0 past the end."""
 
     source: RandomAccessSource
+    source_name: str
     transform: Transform
     batch_size: int
     local_batch_size: int
@@ -135,7 +146,7 @@ class _EvalExample:
         if index >= len(self.source):
             blank = np.zeros(self.image_shape, np.uint8)
             return {"image": blank, "label": np.int32(0), "mask": np.float32(0)}
-        image, label = _read(self.source, index, self.transform, None)
+        image, label = _read(self.source, self.source_name, index, self.transform, None)
         return {"image": image, "label": np.int32(label), "mask": np.float32(1)}
 
 
@@ -290,9 +301,9 @@ class StreamingPipeline:
         self.eval_steps = -(-self.num_eval_examples // eval_batch_size)
         self.class_names = class_names_of(train_source)
         if self.class_names is not None and num_classes is not None:
-            check_num_classes(self.class_names, num_classes, repr(train_source))
+            check_num_classes(self.class_names, num_classes, describe(train_source))
         if self.class_names is None and num_classes is None:
-            raise DataError(f"{train_source!r} has no class names: pass num_classes")
+            raise DataError(f"{describe(train_source)} has no class names: pass num_classes")
         self.num_classes = num_classes if num_classes is not None else len(self.class_names)
         self.image_shape = self._output_shape(train_source, self.train_transform)
         eval_shape = self._output_shape(eval_source, self.eval_transform)
@@ -308,7 +319,7 @@ class StreamingPipeline:
     @staticmethod
     def _output_shape(source: RandomAccessSource, transform: Transform) -> tuple[int, int, int]:
         if transform.name in ("none", "pad_crop_flip"):  # keeps the source's size: decode one to see it
-            image, _ = _read(source, 0, transform, image_ops.example_rng(0, 0))
+            image, _ = _read(source, describe(source), 0, transform, image_ops.example_rng(0, 0))
             return tuple(image.shape)
         return (transform.size, transform.size, 3)
 
@@ -334,6 +345,7 @@ class StreamingPipeline:
         {'image': uint8 [B / P, H, W, 3], 'label': int32 [B / P]}."""
         example = _TrainExample(
             self.train_source,
+            describe(self.train_source),
             self.train_transform,
             self.seed,
             self.batch_size,
@@ -348,6 +360,7 @@ class StreamingPipeline:
         """This process's rows of each eval batch: numpy {'image', 'label', 'mask'}, [Be / P, ...]."""
         example = _EvalExample(
             self.eval_source,
+            describe(self.eval_source),
             self.eval_transform,
             self.eval_batch_size,
             self.local_eval_batch_size,
