@@ -286,7 +286,7 @@ def test_device_batches_are_sharded_and_close_stops_the_threads():
 def test_image_folder_with_two_workers_gives_the_in_process_batches(tmp_path):
     _write_tree(tmp_path / "train", {"a": 12, "b": 10})
     _write_tree(tmp_path / "test", {"a": 3, "b": 2}, size=(30, 26))
-    train, test = streaming.image_folder_sources(tmp_path / "train", tmp_path / "test")
+    train, test = image_folder.image_folder_sources(tmp_path / "train", tmp_path / "test")
     kw = dict(
         mesh=make_mesh(),
         batch_size=8,
@@ -326,7 +326,8 @@ def test_interpreter_exit_with_open_workers_does_not_hang(tmp_path):
     code = f"""
 from train import streaming
 from train.train import make_mesh
-src = streaming.ImageFolder({str(tmp_path / "d")!r})
+from train.image_folder import ImageFolder
+src = ImageFolder({str(tmp_path / "d")!r})
 p = streaming.StreamingPipeline(src, src, mesh=make_mesh(), batch_size=8, eval_batch_size=8, seed=0,
     image_size=8, num_workers=1)
 it = p.train_inputs(0)

@@ -18,7 +18,14 @@ from PIL import Image
 
 from train.image_ops import DataError
 
-__all__ = ["IMAGE_EXTENSIONS", "DataError", "ImageFolder", "check_num_classes", "check_same_classes"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "DataError",
+    "ImageFolder",
+    "check_num_classes",
+    "check_same_classes",
+    "image_folder_sources",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 _HINT = "expected root/<class>/<image> with one subfolder per class"
@@ -150,3 +157,10 @@ def check_num_classes(class_names: Sequence[str], num_classes: int, where: str) 
             f"{where} has {len(class_names)} classes but num_classes={num_classes}: "
             f"set --config.num_classes={len(class_names)} or point the data at the right folder"
         )
+
+
+def image_folder_sources(train_root: str, eval_root: str) -> tuple[ImageFolder, ImageFolder]:
+    """(train, eval) ImageFolders, checked to have the same classes."""
+    train, test = ImageFolder(train_root), ImageFolder(eval_root)
+    check_same_classes(train, test)
+    return train, test

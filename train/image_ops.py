@@ -14,15 +14,18 @@ so augmentations do not depend on worker or process counts.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 ImageData = bytes | str | os.PathLike | np.ndarray
+TRANSFORMS = ("random_resized_crop", "resize_shorter_center_crop", "resize", "pad_crop_flip", "none")
 
 
 class DataError(ValueError):
@@ -198,3 +201,44 @@ def pad_crop_flip(img: np.ndarray, rng: np.random.Generator, pad: int = 4, flip:
     if flip and rng.random() < 0.5:
         img = img[:, ::-1]
     return np.ascontiguousarray(img)
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """One named host-side transform from a record's image to uint8 [H, W, 3] (picklable for workers).
+
+    Attributes:
+      name: one of TRANSFORMS. 'none' keeps the decoded image (every image must have the same size).
+      size: output side for 'random_resized_crop', 'resize_shorter_center_crop' and 'resize'.
+      resize_size: shorter side before the centre crop of 'resize_shorter_center_crop'; None means
+        round(size * 256 / 224), ImageNet's ratio.
+      pad: padding of 'pad_crop_flip'.
+      area: area range of 'random_resized_crop'.
+    """
+
+    name: str
+    size: int = 224
+    resize_size: int | None = None
+    pad: int = 4
+    area: tuple[float, float] = (0.08, 1.0)
+
+    def __post_init__(self):
+        if self.name not in TRANSFORMS:
+            raise ValueError(f"transform {self.name!r} must be one of {', '.join(TRANSFORMS)}")
+
+    def __call__(self, data: Any, rng: np.random.Generator | None, name: str) -> np.ndarray:
+        """Applies the transform to `data` (see open_image) with `rng`; `name` is for errors."""
+        img = open_image(data, name)
+        if self.name == "random_resized_crop":
+            return random_resized_crop(img, rng, self.size, self.area, name=name)
+        if self.name == "resize_shorter_center_crop":
+            resize = self.resize_size or round(self.size * 256 / 224)
+            return resize_shorter_center_crop(img, resize, self.size, name=name)
+        if self.name == "resize":
+            return resize(img, self.size, name=name)
+        decoded = to_rgb_array(img, name)
+        return pad_crop_flip(decoded, rng, self.pad) if self.name == "pad_crop_flip" else decoded
+
+    @property
+    def random(self) -> bool:
+        return self.name in ("random_resized_crop", "pad_crop_flip")

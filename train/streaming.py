@@ -16,6 +16,7 @@ uint8; normalisation stays in the jitted step.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import sys
 import weakref
 from collections.abc import Iterator
@@ -27,9 +28,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from train import image_ops
-from train.image_folder import DataError, ImageFolder, check_num_classes, check_same_classes
+from train.image_folder import DataError, ImageFolder, check_num_classes
+from train.image_ops import TRANSFORMS, Transform  # noqa: F401  (TRANSFORMS: the names callers may pass)
 
-TRANSFORMS = ("random_resized_crop", "resize_shorter_center_crop", "resize", "pad_crop_flip", "none")
 # Grain datasets need a length; training positions are unbounded, so the stream is this long.
 _ENDLESS = sys.maxsize // 2
 
@@ -42,47 +43,7 @@ class RandomAccessSource(Protocol):
     def __getitem__(self, index: int) -> dict[str, Any]: ...
 
 
-@dataclasses.dataclass(frozen=True)
-class Transform:
-    """One named host-side transform from a record's image to uint8 [H, W, 3] (picklable for workers).
-
-    Attributes:
-      name: one of TRANSFORMS. 'none' keeps the decoded image (every image must have the same size).
-      size: output side for 'random_resized_crop', 'resize_shorter_center_crop' and 'resize'.
-      resize_size: shorter side before the centre crop of 'resize_shorter_center_crop'; None means
-        round(size * 256 / 224), ImageNet's ratio.
-      pad: padding of 'pad_crop_flip'.
-      area: area range of 'random_resized_crop'.
-    """
-
-    name: str
-    size: int = 224
-    resize_size: int | None = None
-    pad: int = 4
-    area: tuple[float, float] = (0.08, 1.0)
-
-    def __post_init__(self):
-        if self.name not in TRANSFORMS:
-            raise ValueError(f"transform {self.name!r} must be one of {', '.join(TRANSFORMS)}")
-
-    def __call__(self, data: Any, rng: np.random.Generator | None, name: str) -> np.ndarray:
-        """Applies the transform to `data` (see image_ops.open_image) with `rng`; `name` is for errors."""
-        img = image_ops.open_image(data, name)
-        if self.name == "random_resized_crop":
-            return image_ops.random_resized_crop(img, rng, self.size, self.area, name=name)
-        if self.name == "resize_shorter_center_crop":
-            resize = self.resize_size or round(self.size * 256 / 224)
-            return image_ops.resize_shorter_center_crop(img, resize, self.size, name=name)
-        if self.name == "resize":
-            return image_ops.resize(img, self.size, name=name)
-        decoded = image_ops.to_rgb_array(img, name)
-        return image_ops.pad_crop_flip(decoded, rng, self.pad) if self.name == "pad_crop_flip" else decoded
-
-    @property
-    def random(self) -> bool:
-        return self.name in ("random_resized_crop", "pad_crop_flip")
-
-
+@functools.lru_cache(maxsize=16)
 def epoch_seed(seed: int, epoch: int) -> int:
     """The 32-bit shuffle seed of one epoch, hashed from (seed, epoch) so that no two runs share one."""
     return int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0])
@@ -174,13 +135,6 @@ def tfds_sources(
         tfds.data_source(name, split=split, data_dir=data_dir, decoders=decoders)
         for split in (train_split, eval_split)
     )
-
-
-def image_folder_sources(train_root: str, eval_root: str) -> tuple[ImageFolder, ImageFolder]:
-    """(train, eval) ImageFolders, checked to have the same classes."""
-    train, test = ImageFolder(train_root), ImageFolder(eval_root)
-    check_same_classes(train, test)
-    return train, test
 
 
 def _ensure_absl_flags_parsed() -> None:
