@@ -332,10 +332,13 @@ class StreamingPipeline:
         _check_local_rows(rows, self.batch_size, self.process_index)
 
         def put(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-            return {
-                k: jax.make_array_from_process_local_data(sharding, v[None] if lead_axis else v)
-                for k, v in batch.items()
-            }
+            out = {}
+            for k, v in batch.items():
+                # Explicit global shape: the rows of all processes, stacked along the batch axis.
+                shape = (v.shape[0] * self.process_count, *v.shape[1:])
+                local, shape = (v[None], (1, *shape)) if lead_axis else (v, shape)
+                out[k] = jax.make_array_from_process_local_data(sharding, local, shape)
+            return out
 
         ds = grain.experimental.ThreadPrefetchIterDataset(ds.map(put), prefetch_buffer_size=self.prefetch)
         it = _Batches(iter(ds))
