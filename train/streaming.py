@@ -171,7 +171,11 @@ class _Batches(Iterator):
     def __next__(self):
         if self._it is None:
             raise StopIteration
-        return next(self._it)
+        try:
+            return next(self._it)
+        except StopIteration:  # an exhausted eval pass releases its workers now, not at close()
+            self.close()
+            raise
 
     def close(self) -> None:
         it, self._it = self._it, None
@@ -193,7 +197,11 @@ class StreamingPipeline:
       image_shape: (H, W, 3) of the images that reach the devices.
       num_classes: the number of classes.
       class_names: the class names, if the source knows them.
+      preprocess: the checkpoint's preprocess spec: per-channel mean/std normalisation.
+      device_augment: False: batches arrive augmented, so the train step must not augment again.
     """
+
+    device_augment = False
 
     def __init__(
         self,
@@ -213,6 +221,9 @@ class StreamingPipeline:
         num_classes: int | None = None,
         process_index: int | None = None,
         process_count: int | None = None,
+        mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+        std: tuple[float, ...] = (0.229, 0.224, 0.225),
+        pad: int = 4,
     ):
         """Checks the arguments and sizes; starts nothing (iterators start workers when asked).
 
@@ -229,6 +240,9 @@ class StreamingPipeline:
           num_classes: the model's classes; checked against the source's class names if both known.
           process_index, process_count: this host and the host count (default: JAX's); injectable so
             a test on one process can build each host's share.
+          mean, std: per-channel normalisation in [0, 1] units, applied in the jitted step (default
+            ImageNet's); recorded in `preprocess`.
+          pad: zero padding of 'pad_crop_flip'.
 
         Raises:
           ValueError: a batch size that does not divide evenly, or fewer examples than one batch.
@@ -246,9 +260,14 @@ class StreamingPipeline:
             raise ValueError(f"{len(train_source)} training examples are fewer than batch_size={batch_size}")
         self.mesh, self.batch_size, self.eval_batch_size, self.seed = mesh, batch_size, eval_batch_size, seed
         self.train_source, self.eval_source = train_source, eval_source
-        self.train_transform = Transform(train_transform, image_size)
+        self.train_transform = Transform(train_transform, image_size, pad=pad)
         self.eval_transform = Transform(eval_transform, image_size)
         self.num_workers, self.prefetch, self.read_threads = num_workers, prefetch, read_threads
+        self.preprocess = {
+            "kind": "mean_std",
+            "mean": [float(m) for m in mean],
+            "std": [float(v) for v in std],
+        }
         self.num_train_examples = len(train_source)
         self.num_eval_examples = len(eval_source)
         self.steps_per_epoch = self.num_train_examples // batch_size
@@ -349,6 +368,11 @@ class StreamingPipeline:
         """Global training batches {'image': uint8 [B, H, W, 3], 'label': int32 [B]}, sharded over
         'data', for steps start_step, start_step + 1, ... (endless)."""
         return self._to_devices(self.local_train_batches(start_step), PartitionSpec("data"), False)
+
+    def device_batch(self, inputs: dict[str, jax.Array], step: jax.Array) -> dict[str, jax.Array]:
+        """Inside the jitted step: the batch itself (train_inputs already yields batch `step`)."""
+        del step
+        return inputs
 
     def eval_inputs(self) -> Iterator[dict[str, jax.Array]]:
         """The eval split exactly once: {'image': uint8 [1, Be, H, W, 3], 'label': int32 [1, Be],
