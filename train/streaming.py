@@ -20,7 +20,6 @@ import functools
 import sys
 import weakref
 from collections.abc import Iterator
-from typing import Any, Protocol
 
 import grain
 import jax
@@ -28,32 +27,18 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from train import image_ops
-from train.image_folder import DataError, ImageFolder, check_num_classes
+from train.data_sources import RandomAccessSource, class_names_of, describe, tfds_sources  # noqa: F401
+from train.image_folder import DataError, check_num_classes
 from train.image_ops import TRANSFORMS, Transform  # noqa: F401  (TRANSFORMS: the names callers may pass)
 
 # Grain datasets need a length; training positions are unbounded, so the stream is this long.
 _ENDLESS = sys.maxsize // 2
 
 
-class RandomAccessSource(Protocol):
-    """What the pipeline reads: records {'image': encoded bytes or uint8 array, 'label': int}."""
-
-    def __len__(self) -> int: ...
-
-    def __getitem__(self, index: int) -> dict[str, Any]: ...
-
-
 @functools.lru_cache(maxsize=16)
 def epoch_seed(seed: int, epoch: int) -> int:
     """The 32-bit shuffle seed of one epoch, hashed from (seed, epoch) so that no two runs share one."""
     return int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0])
-
-
-def describe(source: RandomAccessSource) -> str:
-    """A short name of a source for messages (a list's repr would print every image)."""
-    if isinstance(source, ImageFolder) or hasattr(source, "dataset_info"):
-        return repr(source)
-    return f"{type(source).__name__} of {len(source)}"
 
 
 def _read(
@@ -109,32 +94,6 @@ class _EvalExample:
             return {"image": blank, "label": np.int32(0), "mask": np.float32(0)}
         image, label = _read(self.source, self.source_name, index, self.transform, None)
         return {"image": image, "label": np.int32(label), "mask": np.float32(1)}
-
-
-def class_names_of(source: RandomAccessSource) -> tuple[str, ...] | None:
-    """The class names an ImageFolder or a tfds data source knows, else None."""
-    if isinstance(source, ImageFolder):
-        return source.class_names
-    info = getattr(source, "dataset_info", None)
-    label = info.features["label"] if info is not None and "label" in info.features else None
-    return tuple(label.names) if label is not None and hasattr(label, "names") else None
-
-
-def tfds_sources(
-    name: str, data_dir: str | None, train_split: str = "train", eval_split: str = "test"
-) -> tuple[RandomAccessSource, RandomAccessSource]:
-    """(train, eval) `tfds.data_source`s whose images stay encoded, so workers decode them (draft mode).
-
-    Needs the dataset prepared in ArrayRecord format (`file_format='array_record'`); reading does not
-    import TensorFlow.
-    """
-    import tensorflow_datasets as tfds
-
-    decoders = {"image": tfds.decode.SkipDecoding()}
-    return tuple(
-        tfds.data_source(name, split=split, data_dir=data_dir, decoders=decoders)
-        for split in (train_split, eval_split)
-    )
 
 
 def _ensure_absl_flags_parsed() -> None:
