@@ -17,9 +17,16 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from configs import cifar10_resnet20
-from resnet_jax.checkpoint import find_checkpoint, load_variables, model_from_meta, read_meta
+from resnet_jax.checkpoint import (
+    find_checkpoint,
+    load_checkpoint,
+    load_variables,
+    model_from_meta,
+    read_meta,
+)
 from train import programs, streaming, train
 from train.image_folder import image_folder_sources
+from train.metrics import read_metrics
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 PREPARE = SHARED / "data" / "prepare_cifar10.py"
@@ -32,6 +39,18 @@ def _prepare(tmp_path_factory, *args: str) -> str:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     subprocess.run([sys.executable, str(PREPARE), args[0], str(out), *args[1:]], check=True, env=env)
     return str(out)
+
+
+@pytest.fixture(scope="module")
+def cifar_folder(tmp_path_factory) -> str:
+    """The JPEG class-folder copy: DIR/train/<class>/*.jpg, DIR/test/<class>/*.jpg."""
+    return _prepare(tmp_path_factory, "folder")
+
+
+@pytest.fixture(scope="module")
+def cifar_array_record(tmp_path_factory) -> str:
+    """The tfds cifar10 copy in ArrayRecord format (what tfds.data_source reads)."""
+    return _prepare(tmp_path_factory, "tfds", "--file-format", "array_record")
 
 
 @pytest.fixture(scope="module")
@@ -74,20 +93,52 @@ def _streaming_accuracy(workdir: str, sources) -> float:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("source", ["array_record", "folder"])
-def test_in_memory_checkpoint_scores_the_same_through_the_streaming_path(
-    in_memory_run, tmp_path_factory, source
-):
+def test_in_memory_checkpoint_scores_the_same_through_the_streaming_path(in_memory_run, request, source):
     workdir, result = in_memory_run
     assert result["test_accuracy"] > 0.3, "150 steps should learn something"
     if source == "folder":
-        root = _prepare(tmp_path_factory, "folder")
+        root = request.getfixturevalue("cifar_folder")
         sources = image_folder_sources(os.path.join(root, "train"), os.path.join(root, "test"))
     else:
-        data_dir = _prepare(tmp_path_factory, "tfds", "--file-format", "array_record")
-        sources = streaming.tfds_sources("cifar10", data_dir)
+        sources = streaming.tfds_sources("cifar10", request.getfixturevalue("cifar_array_record"))
     start = time.perf_counter()
     accuracy = _streaming_accuracy(workdir, sources)
     seconds = time.perf_counter() - start
     print(f"{source}: {accuracy:.4f} vs in-memory {result['test_accuracy']:.4f} ({seconds:.0f} s)")
     assert accuracy == pytest.approx(result["test_accuracy"], abs=0.001)
     jax.clear_caches()
+
+
+def one_epoch_command(root: str, workdir: str) -> list[str]:
+    """One epoch of ResNet-20 through the folder path (BENCHMARKS.md "One epoch through image folders")."""
+    return [
+        sys.executable,
+        "-m",
+        "train",
+        "--config",
+        str(Path(__file__).resolve().parents[1] / "configs" / "cifar10_resnet20.py"),
+        f"--workdir={workdir}",
+        "--config.pipeline=grain",
+        "--config.data_source=folder",
+        f"--config.train_dir={root}/train",
+        f"--config.eval_dir={root}/test",
+        "--config.num_epochs=1",
+        "--config.num_train_steps=-1",
+        "--config.schedule=cosine",
+        "--config.num_workers=1",
+        "--config.progress_bar=False",
+    ]
+
+
+@pytest.mark.slow
+def test_one_epoch_folder_command_runs_a_few_steps(cifar_folder, tmp_path):
+    """The benchmarked one-epoch command (about 5 minutes here, so not run whole in the suite) for 5
+    steps: it trains, evaluates all 10,000 JPEGs and records CIFAR-10's class names."""
+    cmd = [*one_epoch_command(cifar_folder, str(tmp_path)), "--config.num_train_steps=5"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "5 steps of 128" in out.stdout and "final: test accuracy" in out.stdout, out.stdout
+    meta, _ = load_checkpoint(str(tmp_path))
+    assert list(meta.class_names)[:3] == ["airplane", "automobile", "bird"] and len(meta.class_names) == 10
+    test = [r for r in read_metrics(str(tmp_path / "metrics.jsonl")) if r["split"] == "test"]
+    assert test[-1]["examples"] == 10_000 and test[-1]["step"] == 5
