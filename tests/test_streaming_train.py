@@ -17,7 +17,7 @@ from PIL import Image
 
 from configs import smoke
 from resnet_jax.checkpoint import load_checkpoint
-from train import train
+from train import streaming, train
 from train.configuration import ConfigError, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -83,6 +83,26 @@ def test_worker_processes_train_the_same_params(folder, uninterrupted, tmp_path)
     a, b = final_state(uninterrupted), final_state(tmp_path)
     for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"]), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+class _Failed(Exception):
+    pass
+
+
+def test_the_pipeline_is_closed_when_the_run_fails(folder, tmp_path, monkeypatch):
+    closed = []
+    close = streaming.StreamingPipeline.close
+    monkeypatch.setattr(streaming.StreamingPipeline, "close", lambda self: closed.append(1) or close(self))
+
+    class FailingRunState:
+        @classmethod
+        def open(cls, *args, **kwargs):
+            raise _Failed
+
+    monkeypatch.setattr(train, "RunState", FailingRunState)
+    with pytest.raises(_Failed):
+        train.train_and_evaluate(config(folder), str(tmp_path / "run"))
+    assert closed == [1]
 
 
 def test_pipeline_fields_are_validated(folder):
