@@ -8,6 +8,13 @@ logged img/s per logging window covers batch selection and augmentation on devic
 the progress bar, metric writes and asynchronous checkpoints (the first window, which compiles, is
 left out). The two are measured alternately (bare, full, bare) so that load from other processes
 affects both alike.
+
+With --config.pipeline=grain the full program streams its batches (decoded and augmented on the host,
+put on the devices by a background thread), and the bare step is the step that program runs (no
+on-device crop or flip):
+
+  python bench/throughput.py --config configs/cifar10_resnet20.py --config.pipeline=grain \
+    --config.data_source=folder --config.train_dir=DIR/train --config.eval_dir=DIR/test
 """
 
 import os
@@ -49,8 +56,9 @@ def bare_step_img_per_sec(config, steps: int) -> float:
             r,
             mean=mean,
             std=std,
-            pad=config.pad,
-            flip=config.flip,
+            # The streaming pipeline augments on the host, so its program's step does not.
+            pad=config.pad if config.pipeline == "memory" else 0,
+            flip=config.flip and config.pipeline == "memory",
             label_smoothing=config.label_smoothing,
         ),
         mesh,

@@ -32,7 +32,24 @@ def get_config() -> ml_collections.ConfigDict:
     c.mean = CIFAR10_MEAN
     c.std = CIFAR10_STD
     c.pad = 4  # pixels of zero padding before the random crop; 0 disables the crop
-    c.flip = True  # random horizontal flips
+    c.flip = True  # random horizontal flips (memory pipeline; 'pad_crop_flip' below always flips)
+
+    # Input pipeline. 'memory': both splits on the devices, augmented there by pad/flip (CIFAR-sized
+    # data). 'grain': streamed from disk by train/streaming.py, decoded and augmented on the host by
+    # train_transform/eval_transform (ImageNet, image folders); normalization must be 'mean_std'.
+    c.pipeline = "memory"  # memory | grain
+    c.data_source = "tfds"  # grain: tfds (dataset prepared as ArrayRecord) | folder (train_dir, eval_dir)
+    c.train_dir = config_dict.placeholder(str)  # folder source: root/<class>/<image>; labels = sorted names
+    c.eval_dir = config_dict.placeholder(str)
+    # Side of the images the model sees. 0: the dataset's own size (the only value the memory pipeline
+    # takes); grain's sized transforms (random_resized_crop, resize_shorter_center_crop, resize) need >0.
+    c.image_size = 0
+    # grain transforms (train/image_ops.py TRANSFORMS): random_resized_crop | resize_shorter_center_crop |
+    # resize | pad_crop_flip (pad by `pad`, random crop, flip; keeps the size) | none (decode only).
+    c.train_transform = "pad_crop_flip"
+    c.eval_transform = "none"
+    c.num_workers = 0  # grain worker processes per host decoding images; 0: in the training process
+    c.prefetch = 2  # grain: global batches put on the devices ahead of the step
 
     # Optimisation: SGD with momentum; the paper's lr 0.1, /10 at 32k and 48k, stop at 64k, batch 128.
     c.batch_size = 128  # global, over all devices and processes

@@ -2,7 +2,7 @@
 
 Each process is a real `python -m train` started on localhost with `jax.distributed` (CPU collectives
 over gloo). The reference is one process with 8 devices; a checkpoint written by the 2-process run is
-resumed by a 1-process run.
+resumed by a 1-process run. The streaming (grain) folder path is checked the same way.
 """
 
 import os
@@ -199,3 +199,38 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_step(tmp_path, d
     assert stopped_at < 5000
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert steps[-1] == stopped_at  # one collective save, at the step both processes agreed on
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    from test_streaming_train import write_image_folder
+
+    root = tmp_path_factory.mktemp("folder")
+    write_image_folder(root)
+    return root
+
+
+def _folder_args(root):
+    return (
+        "--config.pipeline=grain",
+        "--config.data_source=folder",
+        f"--config.train_dir={root / 'train'}",
+        f"--config.eval_dir={root / 'test'}",
+        "--config.num_classes=4",
+        "--config.train_transform=pad_crop_flip",
+        "--config.eval_transform=none",
+    )
+
+
+def test_streaming_folder_two_processes_train_like_one_process(tmp_path, data_dir, image_folder):
+    # Each process reads and augments only its rows of every batch (streaming.py); together they
+    # must give the batches, hence the parameters, of one process reading them all.
+    single, two = tmp_path / "single", tmp_path / "two"
+    _run_single(single, data_dir, *_folder_args(image_folder))
+    _run_two_processes(two, data_dir, *_folder_args(image_folder))
+    _, ref = load_checkpoint(str(single))
+    meta, got = load_checkpoint(str(two))
+    _assert_close(ref, got)
+    assert tuple(meta.class_names) == ("cat", "dog", "frog", "ship")
+    got_test = [r for r in _metrics(two) if r["split"] == "test"]
+    assert [r["examples"] for r in got_test] == [20, 20]  # every test example counted once

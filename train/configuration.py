@@ -17,6 +17,11 @@ if TYPE_CHECKING:  # annotations only: the GPU image without ml_collections impo
     import ml_collections
 
 NORMALIZATIONS = ("mean_std", "per_pixel")
+PIPELINES = ("memory", "grain")
+DATA_SOURCES = ("tfds", "folder")
+# train/image_ops.TRANSFORMS, repeated so that validating a config imports no image library.
+TRANSFORMS = ("random_resized_crop", "resize_shorter_center_crop", "resize", "pad_crop_flip", "none")
+SIZED_TRANSFORMS = ("random_resized_crop", "resize_shorter_center_crop", "resize")
 
 
 class ConfigError(ValueError):
@@ -129,9 +134,42 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         "init_checkpoint is not set, and freeze_backbone=True needs a backbone to freeze: pass "
         "--config.init_checkpoint=PATH (a training workdir, or what python -m resnet_jax.convert wrote)",
     )
+    _check_pipeline(config, check, one_of)
     check(config.head_hidden >= 0, f"head_hidden={config.head_hidden} must be >= 0 (0: no hidden layer)")
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_pipeline(config: ml_collections.ConfigDict, check, one_of) -> None:
+    """The input-pipeline fields (pipeline, data_source, folders, image_size, transforms, workers)."""
+    one_of("pipeline", PIPELINES)
+    one_of("data_source", DATA_SOURCES)
+    one_of("train_transform", TRANSFORMS)
+    one_of("eval_transform", TRANSFORMS)
+    check(config.image_size >= 0, f"image_size={config.image_size} must be >= 0 (0: the dataset's own)")
+    check(config.num_workers >= 0, f"num_workers={config.num_workers} must be >= 0")
+    check(config.prefetch >= 1, f"prefetch={config.prefetch} must be >= 1")
+    if config.pipeline == "memory":
+        check(
+            config.data_source == "tfds",
+            f"data_source={config.data_source!r} needs --config.pipeline=grain (memory reads tfds only)",
+        )
+        return
+    check(
+        config.normalization == "mean_std",
+        "normalization='per_pixel' needs the whole training set in memory: use pipeline='memory' or "
+        "normalization='mean_std' with pipeline='grain'",
+    )
+    if config.data_source == "folder":
+        for field in ("train_dir", "eval_dir"):
+            check(
+                bool(config[field]), f"data_source='folder' needs --config.{field}=DIR (DIR/<class>/<image>)"
+            )
+    for field in ("train_transform", "eval_transform"):
+        check(
+            config[field] not in SIZED_TRANSFORMS or config.image_size > 0,
+            f"{field}={config[field]!r} needs --config.image_size>0 (the side it outputs)",
+        )
 
 
 def differing_fields(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:

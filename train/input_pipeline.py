@@ -145,7 +145,10 @@ class InMemoryPipeline:
       image_shape: (H, W, C) of the images the model sees.
       num_classes, class_names: the label space (class_names None when the dataset names none).
       preprocess: the checkpoint's preprocess spec for these images.
+      device_augment: True: the train step crops and flips the batch (config.pad, config.flip).
     """
+
+    device_augment = True
 
     def __init__(
         self,
@@ -187,7 +190,74 @@ class InMemoryPipeline:
         pass
 
 
-def create(config: Any, mesh: Mesh, data_key: jax.Array) -> InMemoryPipeline:
+def create(config: Any, mesh: Mesh, data_key: jax.Array) -> Any:
+    """The pipeline `config.pipeline` names: an InMemoryPipeline, or a streaming.StreamingPipeline.
+
+    Both offer the loop the same interface (see InMemoryPipeline); nothing is written.
+
+    Args:
+      config: the validated training config.
+      mesh: the device mesh; batches are sharded over its 'data' axis.
+      data_key: the data-order key (the in-memory pipeline's; the streaming one uses config.seed).
+
+    Raises:
+      DatasetUnavailableError: the data cannot be read, or disagrees with the config (one line).
+    """
+    if config.pipeline == "grain":
+        return create_streaming(config, mesh)
+    return create_in_memory(config, mesh, data_key)
+
+
+def create_streaming(config: Any, mesh: Mesh) -> Any:
+    """A StreamingPipeline over the tfds ArrayRecord dataset or the image folders the config names.
+
+    Raises:
+      DatasetUnavailableError: a missing or malformed folder, a dataset not prepared as ArrayRecord,
+        num_classes disagreeing with the data, or too few examples (streaming's DataError/ValueError).
+    """
+    from train import streaming, tfds_data
+    from train.image_folder import image_folder_sources
+
+    try:
+        if config.data_source == "folder":
+            sources = image_folder_sources(config.train_dir, config.eval_dir)
+        else:
+            sources = _tfds_array_record_sources(config)
+        return streaming.StreamingPipeline(
+            *sources,
+            mesh=mesh,
+            batch_size=config.batch_size,
+            eval_batch_size=config.eval_batch_size,
+            seed=config.seed,
+            train_transform=config.train_transform,
+            eval_transform=config.eval_transform,
+            image_size=config.image_size,
+            num_workers=config.num_workers,
+            prefetch=config.prefetch,
+            num_classes=config.num_classes,
+            mean=tuple(config.mean),
+            std=tuple(config.std),
+            pad=config.pad,
+        )
+    except ValueError as e:  # DataError included: one line naming the path and the fix
+        raise tfds_data.DatasetUnavailableError(str(e)) from None
+
+
+def _tfds_array_record_sources(config: Any) -> tuple[Any, Any]:
+    from train import streaming, tfds_data
+
+    data_dir = tfds_data.resolve_data_dir(config.data_dir)
+    try:
+        return streaming.tfds_sources(config.dataset, data_dir, config.train_split, config.eval_split)
+    except Exception as e:  # tfds raises several types for a missing or TFRecord-only dataset
+        raise tfds_data.DatasetUnavailableError(
+            f"cannot read {config.dataset} from {data_dir} with tfds.data_source ({type(e).__name__}: "
+            f"{str(e).splitlines()[0] if str(e) else ''}): pipeline='grain' needs it prepared as ArrayRecord "
+            f"(tfds build {config.dataset} --file_format=array_record --data_dir={data_dir})"
+        ) from None
+
+
+def create_in_memory(config: Any, mesh: Mesh, data_key: jax.Array) -> InMemoryPipeline:
     """Reads `config.dataset` through tfds and puts both splits on the mesh's devices.
 
     Raises:
@@ -205,6 +275,12 @@ def create(config: Any, mesh: Mesh, data_key: jax.Array) -> InMemoryPipeline:
         )
     train_images, train_labels = tfds_data.load_split(builder, config.train_split)
     eval_images, eval_labels = tfds_data.load_split(builder, config.eval_split)
+    if config.image_size and tuple(train_images.shape[1:3]) != (config.image_size,) * 2:
+        raise tfds_data.DatasetUnavailableError(
+            f"image_size={config.image_size} but {config.dataset} has {train_images.shape[1]}x"
+            f"{train_images.shape[2]} images, and pipeline='memory' does not resize: pass "
+            "--config.image_size=0 or --config.pipeline=grain"
+        )
     if len(train_labels) < config.batch_size:
         raise tfds_data.DatasetUnavailableError(
             f"batch_size={config.batch_size} exceeds the {len(train_labels)} training examples of "

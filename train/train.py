@@ -172,33 +172,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     validate_config(config, mesh.size)
     init_key, data_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     pipeline = input_pipeline.create(config, mesh, data_key)
-    mean, std = (jnp.asarray(pipeline.preprocess[k], jnp.float32) for k in ("mean", "std"))
-    num_steps = config.num_train_steps
-    if num_steps <= 0:
-        num_steps = math.ceil(config.num_epochs * pipeline.steps_per_epoch)
-    model = build_model(config)
-    tx = optim.create_optimizer(config, num_steps)
-    if init is not None:
-        tx = finetune.create_optimizer(config, tx)
-    state = jax.jit(
-        functools.partial(create_train_state, model=model, tx=tx, image_shape=pipeline.image_shape),
-        out_shardings=NamedSharding(mesh, P()),
-    )(init_key)
-    run = RunState.open(config, workdir, model, pipeline, state, num_steps)  # resumes; still writes nothing
-    if run.step == 0 and init is not None:
-        run.state = finetune.initialize(config, run.state, init)
-    run.start()  # every check passed: config.json, metrics and checkpoints may be written from here
+    try:  # closes grain's workers and threads however the run ends
+        mean, std = (jnp.asarray(pipeline.preprocess[k], jnp.float32) for k in ("mean", "std"))
+        num_steps = config.num_train_steps
+        if num_steps <= 0:
+            num_steps = math.ceil(config.num_epochs * pipeline.steps_per_epoch)
+        model = build_model(config)
+        tx = optim.create_optimizer(config, num_steps)
+        if init is not None:
+            tx = finetune.create_optimizer(config, tx)
+        state = jax.jit(
+            functools.partial(create_train_state, model=model, tx=tx, image_shape=pipeline.image_shape),
+            out_shardings=NamedSharding(mesh, P()),
+        )(init_key)
+        run = RunState.open(
+            config, workdir, model, pipeline, state, num_steps
+        )  # resumes; still writes nothing
+        if run.step == 0 and init is not None:
+            run.state = finetune.initialize(config, run.state, init)
+        run.start()  # every check passed: config.json, metrics and checkpoints may be written from here
 
-    step_fn = functools.partial(
-        train_step,
-        mean=mean,
-        std=std,
-        pad=config.pad,
-        flip=config.flip,
-        label_smoothing=config.label_smoothing,
-    )
-    run_train = programs.make_train_fn(step_fn, mesh, pipeline.device_batch, aug_key)
-    eval_fn = make_eval_fn(mesh, mean, std, hflip=config.eval_hflip)
-    result = run.loop(run_train, lambda state: programs.evaluate(eval_fn, state, pipeline.eval_inputs()))
-    pipeline.close()
+        step_fn = functools.partial(
+            train_step,
+            mean=mean,
+            std=std,
+            # A streaming pipeline augments on the host: the step must not crop or flip again.
+            pad=config.pad if pipeline.device_augment else 0,
+            flip=config.flip and pipeline.device_augment,
+            label_smoothing=config.label_smoothing,
+        )
+        run_train = programs.make_train_fn(step_fn, mesh, pipeline.device_batch, aug_key)
+        eval_fn = make_eval_fn(mesh, mean, std, hflip=config.eval_hflip)
+        result = run.loop(run_train, lambda state: programs.evaluate(eval_fn, state, pipeline.eval_inputs()))
+    finally:
+        pipeline.close()
     return {**result, "wall_time_s": time.perf_counter() - start_time}

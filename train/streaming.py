@@ -1,0 +1,349 @@
+"""Input pipeline for datasets read from disk while training (ImageNet and the like), built on grain.
+
+Training batch `s` is a pure function of (seed, s): global position q = s * B + row is example
+`shuffle_e(q - e * E)` of epoch e = q // E (E = steps_per_epoch * B; the last partial batch of each
+epoch is dropped), where shuffle_e is grain's index shuffle (the one `MapDataset.shuffle` uses) seeded
+by (seed, e). The example's augmentation draws from `example_rng(seed, q)`. So a run resumed at any
+step sees exactly the batches an uninterrupted run would, with no iterator state to checkpoint, and
+the batches do not depend on the number of worker processes or hosts.
+
+Each process reads, decodes and augments only its rows of every global batch (process p of P owns rows
+[p * B / P, (p + 1) * B / P)), in grain worker processes, and a background thread assembles the global
+array (`jax.make_array_from_process_local_data`) one or two batches ahead of the step. Images travel as
+uint8; normalisation stays in the jitted step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import sys
+import weakref
+from collections.abc import Iterator
+
+import grain
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from train import image_ops
+from train.data_sources import RandomAccessSource, class_names_of, describe, tfds_sources  # noqa: F401
+from train.image_folder import DataError, check_num_classes
+from train.image_ops import TRANSFORMS, Transform  # noqa: F401  (TRANSFORMS: the names callers may pass)
+
+# Grain datasets need a length; training positions are unbounded, so the stream is this long.
+_ENDLESS = sys.maxsize // 2
+
+
+@functools.lru_cache(maxsize=16)
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The 32-bit shuffle seed of one epoch, hashed from (seed, epoch) so that no two runs share one."""
+    return int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0])
+
+
+def _read(
+    source: RandomAccessSource, source_name: str, index: int, transform: Transform, rng
+) -> tuple[np.ndarray, int]:
+    record = source[index]
+    name = record.get("path") or f"{source_name}[{index}]"
+    return transform(record["image"], rng, name), int(record["label"])
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainExample:
+    """Local position j of this process's stream -> its training example (picklable for workers)."""
+
+    source: RandomAccessSource
+    source_name: str
+    transform: Transform
+    seed: int
+    batch_size: int
+    local_batch_size: int
+    process_index: int
+    examples_per_epoch: int
+
+    def __call__(self, j: int) -> dict[str, np.ndarray]:
+        step, row = divmod(j, self.local_batch_size)
+        position = step * self.batch_size + self.process_index * self.local_batch_size + row
+        epoch, k = divmod(position, self.examples_per_epoch)
+        index = grain.experimental.index_shuffle(
+            k, max_index=len(self.source) - 1, seed=epoch_seed(self.seed, epoch), rounds=4
+        )
+        rng = image_ops.example_rng(self.seed, position) if self.transform.random else None
+        image, label = _read(self.source, self.source_name, index, self.transform, rng)
+        return {"image": image, "label": np.int32(label)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _EvalExample:
+    """Local position j -> eval example in file order, or a zero image with mask 0 past the end."""
+
+    source: RandomAccessSource
+    source_name: str
+    transform: Transform
+    batch_size: int
+    local_batch_size: int
+    process_index: int
+    image_shape: tuple[int, int, int]
+
+    def __call__(self, j: int) -> dict[str, np.ndarray]:
+        batch, row = divmod(j, self.local_batch_size)
+        index = batch * self.batch_size + self.process_index * self.local_batch_size + row
+        if index >= len(self.source):
+            blank = np.zeros(self.image_shape, np.uint8)
+            return {"image": blank, "label": np.int32(0), "mask": np.float32(0)}
+        image, label = _read(self.source, self.source_name, index, self.transform, None)
+        return {"image": image, "label": np.int32(label), "mask": np.float32(1)}
+
+
+def _ensure_absl_flags_parsed() -> None:
+    # grain's worker processes read absl flags; outside an absl app they are unparsed and reading
+    # them raises UnparsedFlagAccessError.
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _check_local_rows(sharding: NamedSharding, batch_size: int, process_index: int) -> None:
+    """Raises unless this process's devices hold rows [p * B / P, (p + 1) * B / P) of a batch."""
+    slices = sharding.addressable_devices_indices_map((batch_size,)).values()
+    rows = sorted({i for (s,) in slices for i in range(*s.indices(batch_size))})
+    local = batch_size // jax.process_count()
+    if rows != list(range(process_index * local, (process_index + 1) * local)):
+        raise ValueError(
+            "the mesh must list each process's devices together, in process order (as jax.devices() "
+            f"does): process {process_index} holds rows {rows[0]}..{rows[-1]} of the batch"
+        )
+
+
+class _Batches(Iterator):
+    """A grain iterator that close() releases at once.
+
+    grain's iterators also close in __del__, which fails noisily if they live until interpreter
+    shutdown; dropping the reference on close lets them go while their modules still exist.
+    """
+
+    def __init__(self, it: Iterator):
+        self._it = it
+
+    def __next__(self):
+        if self._it is None:
+            raise StopIteration
+        try:
+            return next(self._it)
+        except StopIteration:  # an exhausted eval pass releases its workers now, not at close()
+            self.close()
+            raise
+
+    def close(self) -> None:
+        it, self._it = self._it, None
+        if it is not None:
+            it.close()
+
+
+def _close_all(iterators: list) -> None:
+    while iterators:
+        iterators.pop().close()
+
+
+class StreamingPipeline:
+    """Training and eval batches streamed from a random-access source; see the module docstring.
+
+    Attributes:
+      num_train_examples: size of the training source.
+      steps_per_epoch: num_train_examples // batch_size.
+      image_shape: (H, W, 3) of the images that reach the devices.
+      num_classes: the number of classes.
+      class_names: the class names, if the source knows them.
+      preprocess: the checkpoint's preprocess spec: per-channel mean/std normalisation.
+      device_augment: False: batches arrive augmented, so the train step must not augment again.
+    """
+
+    device_augment = False
+
+    def __init__(
+        self,
+        train_source: RandomAccessSource,
+        eval_source: RandomAccessSource,
+        *,
+        mesh: Mesh,
+        batch_size: int,
+        eval_batch_size: int,
+        seed: int,
+        train_transform: str = "random_resized_crop",
+        eval_transform: str = "resize_shorter_center_crop",
+        image_size: int = 224,
+        num_workers: int = 0,
+        prefetch: int = 2,
+        read_threads: int = 2,
+        num_classes: int | None = None,
+        process_index: int | None = None,
+        process_count: int | None = None,
+        mean: tuple[float, ...] = (0.485, 0.456, 0.406),
+        std: tuple[float, ...] = (0.229, 0.224, 0.225),
+        pad: int = 4,
+    ):
+        """Checks the arguments and sizes; starts nothing (iterators start workers when asked).
+
+        Args:
+          train_source, eval_source: random-access sources (ImageFolder, tfds.data_source, ...).
+          mesh: the device mesh; batches are sharded over its 'data' axis.
+          batch_size, eval_batch_size: global batch sizes, multiples of the mesh's device count.
+          seed: fixes the example order of every epoch and every augmentation.
+          train_transform, eval_transform: names from TRANSFORMS.
+          image_size: output side of the sized transforms.
+          num_workers: grain worker processes per host decoding batches; 0 decodes in this process.
+          prefetch: global batches kept transferred to the devices ahead of the step.
+          read_threads: batches each process (worker or this one) builds at once, in threads.
+          num_classes: the model's classes; checked against the source's class names if both known.
+          process_index, process_count: this host and the host count (default: JAX's); injectable so
+            a test on one process can build each host's share.
+          mean, std: per-channel normalisation in [0, 1] units, applied in the jitted step (default
+            ImageNet's); recorded in `preprocess`.
+          pad: zero padding of 'pad_crop_flip'.
+
+        Raises:
+          ValueError: a batch size that does not divide evenly, or fewer examples than one batch.
+          DataError: num_classes differs from the source's classes, or neither is known.
+        """
+        self.process_index = jax.process_index() if process_index is None else process_index
+        self.process_count = jax.process_count() if process_count is None else process_count
+        for what, n in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if n <= 0 or n % mesh.devices.size or n % self.process_count:
+                raise ValueError(
+                    f"{what}={n} must be a positive multiple of the {mesh.devices.size} devices "
+                    f"and of the {self.process_count} processes"
+                )
+        if len(train_source) < batch_size:
+            raise ValueError(f"{len(train_source)} training examples are fewer than batch_size={batch_size}")
+        self.mesh, self.batch_size, self.eval_batch_size, self.seed = mesh, batch_size, eval_batch_size, seed
+        self.train_source, self.eval_source = train_source, eval_source
+        self.train_transform = Transform(train_transform, image_size, pad=pad)
+        self.eval_transform = Transform(eval_transform, image_size)
+        self.num_workers, self.prefetch, self.read_threads = num_workers, prefetch, read_threads
+        self.preprocess = {
+            "kind": "mean_std",
+            "mean": [float(m) for m in mean],
+            "std": [float(v) for v in std],
+        }
+        self.num_train_examples = len(train_source)
+        self.num_eval_examples = len(eval_source)
+        self.steps_per_epoch = self.num_train_examples // batch_size
+        self.eval_steps = -(-self.num_eval_examples // eval_batch_size)
+        self.class_names = class_names_of(train_source)
+        if self.class_names is not None and num_classes is not None:
+            check_num_classes(self.class_names, num_classes, describe(train_source))
+        if self.class_names is None and num_classes is None:
+            raise DataError(f"{describe(train_source)} has no class names: pass num_classes")
+        self.num_classes = num_classes if num_classes is not None else len(self.class_names)
+        self.image_shape = self._output_shape(train_source, self.train_transform)
+        eval_shape = self._output_shape(eval_source, self.eval_transform)
+        if eval_shape != self.image_shape:
+            raise ValueError(
+                f"train images {self.image_shape} and eval images {eval_shape} differ in shape: "
+                "choose transforms that give one size"
+            )
+        self._iterators: list = []
+        # Closes worker processes at interpreter exit if close() was not called (no leaked shm).
+        self._finalizer = weakref.finalize(self, _close_all, self._iterators)
+
+    @staticmethod
+    def _output_shape(source: RandomAccessSource, transform: Transform) -> tuple[int, int, int]:
+        if transform.name in ("none", "pad_crop_flip"):  # keeps the source's size: decode one to see it
+            image, _ = _read(source, describe(source), 0, transform, image_ops.example_rng(0, 0))
+            return tuple(image.shape)
+        return (transform.size, transform.size, 3)
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.batch_size // self.process_count
+
+    @property
+    def local_eval_batch_size(self) -> int:
+        return self.eval_batch_size // self.process_count
+
+    def _iterate(self, ds: grain.MapDataset) -> grain.IterDataset:
+        ds = ds.to_iter_dataset(
+            grain.ReadOptions(num_threads=self.read_threads, prefetch_buffer_size=self.read_threads)
+        )
+        if self.num_workers > 0:
+            _ensure_absl_flags_parsed()
+            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers))
+        return ds
+
+    def local_train_batches(self, start_step: int = 0) -> grain.IterDataset:
+        """This process's rows of training batches start_step, start_step + 1, ... as numpy dicts
+        {'image': uint8 [B / P, H, W, 3], 'label': int32 [B / P]}."""
+        example = _TrainExample(
+            self.train_source,
+            describe(self.train_source),
+            self.train_transform,
+            self.seed,
+            self.batch_size,
+            self.local_batch_size,
+            self.process_index,
+            self.steps_per_epoch * self.batch_size,
+        )
+        ds = grain.MapDataset.range(_ENDLESS).map(example).batch(self.local_batch_size, drop_remainder=True)
+        return self._iterate(ds[start_step:])
+
+    def local_eval_batches(self) -> grain.IterDataset:
+        """This process's rows of each eval batch: numpy {'image', 'label', 'mask'}, [Be / P, ...]."""
+        example = _EvalExample(
+            self.eval_source,
+            describe(self.eval_source),
+            self.eval_transform,
+            self.eval_batch_size,
+            self.local_eval_batch_size,
+            self.process_index,
+            self.image_shape,
+        )
+        ds = grain.MapDataset.range(self.eval_steps * self.local_eval_batch_size).map(example)
+        return self._iterate(ds.batch(self.local_eval_batch_size, drop_remainder=True))
+
+    def _to_devices(self, ds: grain.IterDataset, spec: PartitionSpec, lead_axis: bool) -> Iterator:
+        if (self.process_index, self.process_count) != (jax.process_index(), jax.process_count()):
+            raise ValueError("device batches need the real process_index and process_count")
+        sharding = NamedSharding(self.mesh, spec)
+        rows = NamedSharding(self.mesh, PartitionSpec("data"))
+        _check_local_rows(rows, self.batch_size, self.process_index)
+
+        def put(batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+            out = {}
+            for k, v in batch.items():
+                # Explicit global shape: the rows of all processes, stacked along the batch axis.
+                shape = (v.shape[0] * self.process_count, *v.shape[1:])
+                local, shape = (v[None], (1, *shape)) if lead_axis else (v, shape)
+                out[k] = jax.make_array_from_process_local_data(sharding, local, shape)
+            return out
+
+        ds = grain.experimental.ThreadPrefetchIterDataset(ds.map(put), prefetch_buffer_size=self.prefetch)
+        it = _Batches(iter(ds))
+        self._iterators.append(it)
+        return it
+
+    def train_inputs(self, start_step: int = 0) -> Iterator[dict[str, jax.Array]]:
+        """Global training batches {'image': uint8 [B, H, W, 3], 'label': int32 [B]}, sharded over
+        'data', for steps start_step, start_step + 1, ... (endless)."""
+        return self._to_devices(self.local_train_batches(start_step), PartitionSpec("data"), False)
+
+    def device_batch(self, inputs: dict[str, jax.Array], step: jax.Array) -> dict[str, jax.Array]:
+        """Inside the jitted step: the batch itself (train_inputs already yields batch `step`)."""
+        del step
+        return inputs
+
+    def eval_inputs(self) -> Iterator[dict[str, jax.Array]]:
+        """The eval split exactly once: {'image': uint8 [1, Be, H, W, 3], 'label': int32 [1, Be],
+        'mask': float32 [1, Be]}, batch axis sharded over 'data'; padding rows have mask 0."""
+        return self._to_devices(self.local_eval_batches(), PartitionSpec(None, "data"), True)
+
+    def close(self) -> None:
+        """Stops every iterator this pipeline handed out (threads and worker processes)."""
+        _close_all(self._iterators)
+
+    def __enter__(self) -> StreamingPipeline:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
