@@ -73,7 +73,7 @@ class RunState:
             preprocess=pipeline.preprocess,
             origin="resnet-jax",
             step=0,
-            dataset=config.dataset,
+            dataset=data_name(config),
             image_size=list(pipeline.image_shape[:2]),
             **({"class_names": list(pipeline.class_names)} if pipeline.class_names else {}),
         )
@@ -173,7 +173,7 @@ class RunState:
         schedule = optim.learning_rate_schedule(c, self.num_steps)
         steps_per_epoch = self.pipeline.steps_per_epoch
         self.say(
-            f"{c.model} on {c.dataset}: {self.num_steps} steps of {c.batch_size} "
+            f"{c.model} on {data_name(c)}: {self.num_steps} steps of {c.batch_size} "
             f"({self.num_steps / steps_per_epoch:.2f} epochs) on {jax.device_count()} "
             f"{jax.devices()[0].platform} device(s)"
         )
@@ -269,6 +269,13 @@ class RunState:
             result["test_accuracy_hflip"] = test["accuracy_hflip"]
         self.say(f"final: {describe(test)} at step {self.step}")
         return result
+
+
+def data_name(config: ml_collections.ConfigDict) -> str:
+    """What the run trains on, for the banner and the checkpoint meta: a tfds name or a folder."""
+    if config.get("pipeline") == "grain" and config.get("data_source") == "folder":
+        return f"the image folder {config.train_dir}"
+    return config.dataset
 
 
 def _now() -> float:
