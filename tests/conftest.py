@@ -1,6 +1,11 @@
 """Test setup: 8 CPU devices for the data-parallel tests, set before JAX initialises its backend."""
 
 import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
@@ -23,3 +28,31 @@ def pytest_sessionfinish(session, exitstatus):
     if os.environ.get("CI", "").lower() in ("1", "true", "yes") and _skipped and exitstatus == 0:
         print("\nCI forbids skipped tests; these skipped:\n  " + "\n  ".join(_skipped))
         session.exitstatus = 1
+
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+_prepared: dict[tuple[str, ...], str] = {}
+
+
+@pytest.fixture(scope="session")
+def offline_cifar10(tmp_path_factory):
+    """prepare(kind, *flags) -> directory of the offline CIFAR-10 copy, prepared once per session.
+
+    kind 'tfds' (TFRecord, the in-memory path), 'tfds' with '--file-format', 'array_record' (grain), or
+    'folder' (the JPEG class-folder tree). Skips, saying why, where ../shared is absent (CI fails then).
+    """
+    script = SHARED / "data" / "prepare_cifar10.py"
+
+    def prepare(*args: str) -> str:
+        if not script.exists():
+            pytest.skip(
+                f"offline CIFAR-10 copy not found at {SHARED / 'data'} (needs ../shared beside the repo)"
+            )
+        if args not in _prepared:
+            out = tmp_path_factory.mktemp("_".join(a.strip("-") for a in args))
+            env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+            subprocess.run([sys.executable, str(script), args[0], str(out), *args[1:]], check=True, env=env)
+            _prepared[args] = str(out)
+        return _prepared[args]
+
+    return prepare

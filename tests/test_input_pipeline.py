@@ -1,10 +1,6 @@
 """Input pipeline: (seed, step)-determined batches, augmentation, eval padding, tfds loading and errors."""
 
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -14,8 +10,6 @@ import pytest
 from resnet_jax.preprocess import normalize
 from train import input_pipeline, tfds_data
 from train.train import make_mesh
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 
 
 def test_batches_cover_each_epoch_once_and_depend_only_on_step():
@@ -116,20 +110,10 @@ def test_tfds_data_dir_env_is_honoured(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def real_cifar10(tmp_path_factory):
-    if not (SHARED / "data" / "prepare_cifar10.py").exists():
-        pytest.skip(f"offline CIFAR-10 copy not found at {SHARED / 'data'} (needs ../shared beside the repo)")
-    data_dir = tmp_path_factory.mktemp("tfds")
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    subprocess.run(
-        [sys.executable, str(SHARED / "data" / "prepare_cifar10.py"), "tfds", str(data_dir)],
-        check=True,
-        env=env,
-    )
-    return str(data_dir)
+def real_cifar10(offline_cifar10):
+    return offline_cifar10("tfds")
 
 
-@pytest.mark.slow
 def test_real_cifar10_offline_copy(real_cifar10):
     builder = tfds_data.get_builder("cifar10", real_cifar10)
     train_images, train_labels = tfds_data.load_split(builder, "train")

@@ -28,35 +28,23 @@ from train import programs, streaming, train
 from train.image_folder import image_folder_sources
 from train.metrics import read_metrics
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-PREPARE = SHARED / "data" / "prepare_cifar10.py"
-
-
-def _prepare(tmp_path_factory, *args: str) -> str:
-    if not PREPARE.exists():
-        pytest.skip(f"offline CIFAR-10 copy not found at {SHARED / 'data'} (needs ../shared beside the repo)")
-    out = tmp_path_factory.mktemp(args[0])
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    subprocess.run([sys.executable, str(PREPARE), args[0], str(out), *args[1:]], check=True, env=env)
-    return str(out)
-
 
 @pytest.fixture(scope="module")
-def cifar_folder(tmp_path_factory) -> str:
+def cifar_folder(offline_cifar10) -> str:
     """The JPEG class-folder copy: DIR/train/<class>/*.jpg, DIR/test/<class>/*.jpg."""
-    return _prepare(tmp_path_factory, "folder")
+    return offline_cifar10("folder")
 
 
 @pytest.fixture(scope="module")
-def cifar_array_record(tmp_path_factory) -> str:
+def cifar_array_record(offline_cifar10) -> str:
     """The tfds cifar10 copy in ArrayRecord format (what tfds.data_source reads)."""
-    return _prepare(tmp_path_factory, "tfds", "--file-format", "array_record")
+    return offline_cifar10("tfds", "--file-format", "array_record")
 
 
 @pytest.fixture(scope="module")
-def in_memory_run(tmp_path_factory):
+def in_memory_run(tmp_path_factory, offline_cifar10):
     """ResNet-20 trained 80 steps on the in-memory path (TFRecord tfds copy): its workdir and result."""
-    data_dir = _prepare(tmp_path_factory, "tfds")
+    data_dir = offline_cifar10("tfds")
     c = cifar10_resnet20.get_config()
     c.data_dir, c.num_train_steps, c.schedule, c.warmup_steps = data_dir, 80, "cosine", 0
     c.eval_every_steps, c.checkpoint_every_steps, c.progress_bar = -1, 80, False
