@@ -96,7 +96,9 @@ class Killed(Exception):
     pass
 
 
-def test_kill_between_checkpoints_resumes_from_the_last_one(data_dir, uninterrupted, tmp_path, monkeypatch):
+def test_kill_between_checkpoints_resumes_from_the_last_one(
+    data_dir, uninterrupted, tmp_path, monkeypatch, capsys
+):
     original = metrics_lib.MetricsWriter.write
 
     def write_then_die(self, step, split, metrics):
@@ -110,7 +112,9 @@ def test_kill_between_checkpoints_resumes_from_the_last_one(data_dir, uninterrup
     monkeypatch.setattr(metrics_lib.MetricsWriter, "write", original)
     assert max(r["step"] for r in logged(tmp_path)) == 10
     time.sleep(1)  # let the killed run's background save of step 8 land, as it would have on disk
+    capsys.readouterr()
     train.train_and_evaluate(config(data_dir), str(tmp_path))
+    assert f"resuming from {tmp_path}/checkpoints/8 (step 8 of 12)" in capsys.readouterr().out
     assert_same_run(uninterrupted, tmp_path)
 
 
