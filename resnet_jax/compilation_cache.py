@@ -6,7 +6,8 @@
 `python -m train`, `python -m train.eval`, `python -m resnet_jax.predict` and the quickstart notebook call
 it themselves. Where the cache lives, first match wins:
   1. the `cache_dir` argument;
-  2. `$RESNET_JAX_CACHE_DIR` (`off`, `0`, `false`, `none` or empty: no cache);
+  2. `$RESNET_JAX_CACHE_DIR` (`off`, `0`, `false`, `none` or empty: this function turns nothing on, so
+     there is no cache unless JAX's own `JAX_COMPILATION_CACHE_DIR` is set);
   3. a cache directory already configured for JAX (`JAX_COMPILATION_CACHE_DIR`): left as it is;
   4. `$XDG_CACHE_HOME/resnet_jax/jax`, else `~/.cache/resnet_jax/jax`.
 """
