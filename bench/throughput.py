@@ -21,8 +21,11 @@ import os
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# train/ and configs/ come from the checkout (they are not installed): the repository root on the path.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from absl import app, flags, logging
 from ml_collections import config_flags

@@ -9,6 +9,7 @@ from resnet_jax.blocks import (
     ResidualBlock,  # old name of BasicBlock, kept for existing imports
 )
 from resnet_jax.checkpoint import CheckpointError, load_checkpoint, load_meta, save_checkpoint
+from resnet_jax.compilation_cache import enable_compilation_cache
 from resnet_jax.models import ResNet
 from resnet_jax.predict import make_predict_fn
 from resnet_jax.registry import available_models, create_model
@@ -24,6 +25,7 @@ __all__ = [
     "available_models",
     "convert",
     "create_model",
+    "enable_compilation_cache",
     "layers",
     "load_checkpoint",
     "load_meta",

@@ -23,8 +23,8 @@ from flax import traverse_util
 
 REPO = Path(__file__).resolve().parents[1]
 TOL = 1e-4
-TORCH_REASON = "torch/torchvision not installed (pip install 'resnet-jax[torch]')"
-KERAS_REASON = "keras not installed (pip install 'resnet-jax[keras]')"
+TORCH_REASON = "torch/torchvision not installed (pip install 'resnet-jax-flax[torch]')"
+KERAS_REASON = "keras not installed (pip install 'resnet-jax-flax[keras]')"
 
 
 def _torch():

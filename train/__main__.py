@@ -55,6 +55,10 @@ def main(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     import jax
 
+    from resnet_jax.compilation_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # a rerun skips compilation; RESNET_JAX_CACHE_DIR=off disables it
+
     try:  # config_flags loads the file on the first access to a field
         config = FLAGS.config
         config.distributed  # noqa: B018

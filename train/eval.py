@@ -89,6 +89,9 @@ def main(argv: list[str]) -> None:
     # orbax and tfds log at INFO through absl; the result is the one line this prints.
     logging.set_verbosity(logging.WARNING)
     tfds_data.hide_gpus_from_tensorflow()
+    from resnet_jax.compilation_cache import enable_compilation_cache
+
+    enable_compilation_cache()  # RESNET_JAX_CACHE_DIR=off disables it
     flags_ = flags.FLAGS
     try:
         result = evaluate(

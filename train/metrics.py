@@ -26,7 +26,7 @@ class MetricsWriter:
         if not enabled:
             return
         _truncate_after(self.path, resume_step)
-        from tensorboardX import SummaryWriter
+        SummaryWriter = _import_summary_writer()
 
         # purge_step hides the events the interrupted run wrote after resume_step.
         self._tb = SummaryWriter(
@@ -89,3 +89,22 @@ def plot_curves(metrics_path: str, png_path: str) -> None:
     tmp = png_path + ".tmp.png"
     fig.savefig(tmp, dpi=100)
     os.replace(tmp, png_path)
+
+
+def _import_summary_writer() -> type:
+    """tensorboardX's SummaryWriter, imported without PyTorch.
+
+    tensorboardX's writer module imports torch when it is installed (only to accept torch tensors), which
+    costs seconds of every run's start-up (BENCHMARKS.md, start-up); this program passes Python floats.
+    """
+    import sys
+
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None  # `import torch` raises ImportError, which tensorboardX tolerates
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        if blocked:
+            del sys.modules["torch"]
+    return SummaryWriter

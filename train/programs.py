@@ -19,6 +19,16 @@ from jax.sharding import PartitionSpec as P
 SUM_KEYS = ("loss", "correct", "count")
 
 
+def init_compiler_options() -> dict[str, Any]:
+    """XLA options for the one-off initialisation program (`jax.jit(..., compiler_options=...)`).
+
+    On a CPU, XLA's optimising backend spends seconds on the initialisers' many threefry calls for a
+    program that runs once: at optimisation level 0 ResNet-20's init compiles in 2.4 s instead of 10 s,
+    ResNet-50's in 12 s instead of 23 s (BENCHMARKS.md, start-up). Other backends: no options.
+    """
+    return {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else {}
+
+
 def zero_sums() -> dict[str, jax.Array]:
     """The running sums of a logging window (kept on the device and in checkpoints, for exact resume).
 

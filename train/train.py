@@ -184,6 +184,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         state = jax.jit(
             functools.partial(create_train_state, model=model, tx=tx, image_shape=pipeline.image_shape),
             out_shardings=NamedSharding(mesh, P()),
+            compiler_options=programs.init_compiler_options(),
         )(init_key)
         run = RunState.open(
             config, workdir, model, pipeline, state, num_steps

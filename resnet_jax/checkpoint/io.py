@@ -91,7 +91,13 @@ def _reader() -> ocp.Checkpointer:
     # Explicit item handlers: a bare CompositeCheckpointHandler cannot report the state's metadata,
     # and PyTreeCheckpointHandler reads StandardSave's format with partial restores.
     return ocp.Checkpointer(
-        ocp.CompositeCheckpointHandler(state=ocp.PyTreeCheckpointHandler(), meta=ocp.JsonCheckpointHandler())
+        ocp.CompositeCheckpointHandler(
+            state=ocp.PyTreeCheckpointHandler(),
+            meta=ocp.JsonCheckpointHandler(),
+            # A training run's steps also hold the evaluation (`metrics`): known, so orbax does not warn
+            # on every load that it found an item it could not restore.
+            metrics=ocp.JsonCheckpointHandler(),
+        )
     )
 
 

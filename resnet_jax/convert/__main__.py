@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ImportError as e:
         extra = "torch" if args.source == "torchvision" else "keras"
         print(
-            f"error: reading {args.source} weights needs {e.name}: pip install 'resnet-jax[{extra}]'",
+            f"error: reading {args.source} weights needs {e.name}: pip install 'resnet-jax-flax[{extra}]'",
             file=sys.stderr,
         )
         return 1
