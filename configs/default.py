@@ -41,8 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_source = "tfds"  # grain: tfds (dataset prepared as ArrayRecord) | folder (train_dir, eval_dir)
     c.train_dir = config_dict.placeholder(str)  # folder source: root/<class>/<image>; labels = sorted names
     c.eval_dir = config_dict.placeholder(str)
-    # Side of the images the model sees. 0: the dataset's own size (the only value the memory pipeline
-    # takes); grain's sized transforms (random_resized_crop, resize_shorter_center_crop, resize) need >0.
+    # Side of the images the model sees. 0: the dataset's own size. memory: >0 resizes each batch inside
+    # the jitted step (after pad/flip, before normalisation; bilinear with antialiasing,
+    # resnet_jax.preprocess.resize_images), so the split stays uint8 at its stored size on the devices;
+    # e.g. 224 feeds CIFAR-10 to an ImageNet backbone as the seed article does. grain: the side its sized
+    # transforms (random_resized_crop, resize_shorter_center_crop, resize) output; they need >0.
     c.image_size = 0
     # grain transforms (train/image_ops.py TRANSFORMS): random_resized_crop | resize_shorter_center_crop |
     # resize | pad_crop_flip (pad by `pad`, random crop, flip; keeps the size) | none (decode only).

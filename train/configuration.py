@@ -154,6 +154,11 @@ def _check_pipeline(config: ml_collections.ConfigDict, check, one_of) -> None:
             config.data_source == "tfds",
             f"data_source={config.data_source!r} needs --config.pipeline=grain (memory reads tfds only)",
         )
+        check(
+            not (config.image_size and config.normalization == "per_pixel"),
+            f"image_size={config.image_size} resizes the images, but normalization='per_pixel' subtracts a "
+            "mean image of their stored size: pass --config.normalization=mean_std or --config.image_size=0",
+        )
         return
     check(
         config.normalization == "mean_std",
