@@ -47,6 +47,7 @@ __all__ = [
     "ResNetHead",
     "ResidualBlock",
     "freeze_points",
+    "min_image_size",
 ]
 
 SHORTCUTS = tuple(layers.SHORTCUTS)
@@ -269,6 +270,16 @@ def freeze_points(num_stages: int) -> tuple[str, ...]:
     """The values of `norm_frozen_up_to` (and the fine-tuning `freeze_up_to`) for a net of `num_stages`,
     from nothing frozen to everything: ('none', 'stem', 'stage1', ..., 'stage{num_stages}', 'all')."""
     return ("none", "stem", *(f"stage{s}" for s in range(1, num_stages + 1)), "all")
+
+
+def min_image_size(model: ResNet) -> int:
+    """The smallest input side `model` takes: its total stride (4 for the ImageNet stem's conv and
+    max-pool, 1 for the CIFAR stem, times 2 per stage after the first).
+
+    A smaller image still runs (padding keeps every map at least 1x1) but its last stage then sees
+    padding more than pixels; Keras' ResNet50 refuses inputs under 32 px for the same reason.
+    """
+    return (1 if model.cifar_stem else 4) * 2 ** (len(model.stage_sizes) - 1)
 
 
 def _check_config(m: ResNet) -> None:
