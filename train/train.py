@@ -151,6 +151,30 @@ def make_eval_fn(
     return programs.make_eval_fn(step, mesh, keys=keys)
 
 
+def _cached_programs(config, model, run, pipeline, mesh, mean, std, aug_key):
+    """The train and eval programs over cached features; `run.pipeline` becomes the FeaturePipeline."""
+    from train import features
+
+    run.pipeline = features.FeaturePipeline.build(
+        pipeline,
+        model,
+        run.state,
+        mean=mean,
+        std=std,
+        mesh=mesh,
+        batch_size=config.eval_batch_size,
+        flip=config.flip,
+        eval_hflip=config.eval_hflip,
+        progress=config.progress_bar and run.is_main,
+    )
+    head = model.head_module()
+    step_fn = functools.partial(
+        features.head_train_step, head=head, flip=config.flip, label_smoothing=config.label_smoothing
+    )
+    run_train = programs.make_train_fn(step_fn, mesh, run.pipeline.device_batch, aug_key)
+    return run_train, features.make_eval_fn(mesh, head, hflip=config.eval_hflip)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains and evaluates as `config` says, writing everything to `workdir`; resumes if it holds a run.
 
@@ -199,21 +223,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )  # resumes; still writes nothing
         if run.step == 0 and init is not None:
             run.state = finetune.initialize(config, run.state, init)
-        run.start()  # every check passed: config.json, metrics and checkpoints may be written from here
+        cached = False
+        if init is not None:
+            from train import features
 
-        step_fn = functools.partial(
-            train_step,
-            mean=mean,
-            std=std,
-            # A streaming pipeline augments on the host: the step must not crop or flip again.
-            pad=config.pad if pipeline.device_augment else 0,
-            flip=config.flip and pipeline.device_augment,
-            label_smoothing=config.label_smoothing,
-            image_size=pipeline.resize_to,
+            cached, notice = features.should_cache(config, pipeline)
+            if notice:
+                run.say(notice)
+        if cached:  # the frozen backbone runs once here; the steps apply only the head
+            run_train, eval_fn = _cached_programs(config, model, run, pipeline, mesh, mean, std, aug_key)
+        else:
+            step_fn = functools.partial(
+                train_step,
+                mean=mean,
+                std=std,
+                # A streaming pipeline augments on the host: the step must not crop or flip again.
+                pad=config.pad if pipeline.device_augment else 0,
+                flip=config.flip and pipeline.device_augment,
+                label_smoothing=config.label_smoothing,
+                image_size=pipeline.resize_to,
+            )
+            run_train = programs.make_train_fn(step_fn, mesh, pipeline.device_batch, aug_key)
+            eval_fn = make_eval_fn(mesh, mean, std, hflip=config.eval_hflip, image_size=pipeline.resize_to)
+        run.start()  # every check passed: config.json, metrics and checkpoints may be written from here
+        result = run.loop(
+            run_train, lambda state: programs.evaluate(eval_fn, state, run.pipeline.eval_inputs())
         )
-        run_train = programs.make_train_fn(step_fn, mesh, pipeline.device_batch, aug_key)
-        eval_fn = make_eval_fn(mesh, mean, std, hflip=config.eval_hflip, image_size=pipeline.resize_to)
-        result = run.loop(run_train, lambda state: programs.evaluate(eval_fn, state, pipeline.eval_inputs()))
     finally:
         pipeline.close()
     return {**result, "wall_time_s": time.perf_counter() - start_time}
