@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from configs import finetune_cifar10, finetune_cifar10_seed, smoke
 from resnet_jax import create_model, make_predict_fn
@@ -68,6 +70,7 @@ def test_cached_features_train_the_head_as_the_whole_network_does(tmp_path):
     path, _ = _backbone(tmp_path / "backbone")
     config, state = _state(_config(path, pad=0, flip=True, head_hidden=6, learning_rate=0.5))
     mesh = train.make_mesh()
+    state = jax.device_put(state, NamedSharding(mesh, P()))  # replicated, as train_and_evaluate makes it
     mean, std = jnp.asarray(config.mean), jnp.asarray(config.std)
     key = jax.random.key(3)
     pipeline = input_pipeline.InMemoryPipeline(
@@ -224,7 +227,7 @@ def test_partial_freeze_keeps_early_parts_bitwise_and_scales_the_backbone_rate(t
     conv = ("stage2_block0", "conv1", "kernel")
     full, scaled = (deltas[m][conv[0]][conv[1]][conv[2]] for m in (1.0, 0.1))
     assert np.abs(full).max() > 0
-    np.testing.assert_allclose(scaled, 0.1 * full, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(scaled, 0.1 * full, rtol=1e-3, atol=1e-4 * np.abs(full).max())
     np.testing.assert_allclose(deltas[0.1]["head"]["kernel"], deltas[1.0]["head"]["kernel"], rtol=1e-5)
 
 
