@@ -44,8 +44,8 @@ def main() -> None:
         checkpoint_every_steps=10_000,
     )
     backbone_dir = os.path.join(args.out, "backbone")
-    results = {"backbone": train_and_evaluate(backbone, backbone_dir)}
-    print(json.dumps({"run": "backbone", **results["backbone"]}), flush=True)
+    # A finished backbone run rerun on its workdir trains no step (it evaluates again).
+    print(json.dumps({"run": "backbone", **train_and_evaluate(backbone, backbone_dir)}), flush=True)
     for cache in (True, False):
         config = finetune_cifar10.get_config()
         config.update(
@@ -66,7 +66,8 @@ def main() -> None:
             progress_bar=False,
         )
         start = time.perf_counter()
-        result = train_and_evaluate(config, os.path.join(args.out, f"finetune_cache_{cache}"))
+        workdir = os.path.join(args.out, f"finetune_{args.finetune_epochs:g}ep_cache_{cache}")
+        result = train_and_evaluate(config, workdir)
         result["outer_wall_s"] = time.perf_counter() - start
         print(json.dumps({"run": f"finetune cache_features={cache}", **result}), flush=True)
 
