@@ -41,8 +41,11 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_source = "tfds"  # grain: tfds (dataset prepared as ArrayRecord) | folder (train_dir, eval_dir)
     c.train_dir = config_dict.placeholder(str)  # folder source: root/<class>/<image>; labels = sorted names
     c.eval_dir = config_dict.placeholder(str)
-    # Side of the images the model sees. 0: the dataset's own size (the only value the memory pipeline
-    # takes); grain's sized transforms (random_resized_crop, resize_shorter_center_crop, resize) need >0.
+    # Side of the images the model sees. 0: the dataset's own size. memory: >0 resizes each batch inside
+    # the jitted step (after pad/flip, before normalisation; bilinear with antialiasing,
+    # resnet_jax.preprocess.resize_images), so the split stays uint8 at its stored size on the devices;
+    # e.g. 224 feeds CIFAR-10 to an ImageNet backbone as the seed article does. grain: the side its sized
+    # transforms (random_resized_crop, resize_shorter_center_crop, resize) output; they need >0.
     c.image_size = 0
     # grain transforms (train/image_ops.py TRANSFORMS): random_resized_crop | resize_shorter_center_crop |
     # resize | pad_crop_flip (pad by `pad`, random crop, flip; keeps the size) | none (decode only).
@@ -80,6 +83,16 @@ def get_config() -> ml_collections.ConfigDict:
     c.init_checkpoint = config_dict.placeholder(str)
     c.init_step = -1  # -1: the checkpoint directory's latest step
     c.freeze_backbone = False  # only head_modules train; every BatchNorm keeps its running statistics
+    # Partial fine-tuning (with freeze_backbone=False): none | stem | stage1 .. stageN (the stem and stages
+    # 1..N) | all (the same as freeze_backbone=True). Frozen parameters get zero updates and their
+    # BatchNorms use and keep their running statistics (ResNet's norm_frozen_up_to).
+    c.freeze_up_to = "none"
+    c.backbone_lr_multiplier = 1.0  # the unfrozen backbone trains at this times the head's learning rate
+    # Frozen backbone (freeze_backbone) and in-memory data: run the backbone once over each split and
+    # train the head on its pooled features (train/features.py). Used only where it gives the same result
+    # as running it every step: pad=0 (a random crop cannot be cached; flip is: both views are cached)
+    # and no dropout; otherwise the run says so in one line and runs the whole network every step.
+    c.cache_features = True
     c.head_hidden = 0  # >0: Dense(head_hidden) + ReLU before the head (the seed article's 1024)
     c.head_modules = ("head",)  # top-level parameters that start fresh (frozen: the only ones trained)
 

@@ -7,6 +7,8 @@
 The model (architecture) and the input normalisation come from the checkpoint (see train/finetune.py);
 only the new `head` trains and every BatchNorm keeps its running statistics. CIFAR images stay 32x32,
 so an ImageNet backbone sees small feature maps; its accuracy is a transfer baseline, not a record.
+finetune_cifar10_seed.py is the article's recipe as written (224 px, Dense(1024) head, no augmentation,
+cached features). With pad=4 here the features cannot be cached: the whole network runs every step.
 """
 
 import ml_collections

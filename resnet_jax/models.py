@@ -44,7 +44,10 @@ __all__ = [
     "PreActBasicBlock",
     "PreActBottleneckBlock",
     "ResNet",
+    "ResNetHead",
     "ResidualBlock",
+    "freeze_points",
+    "min_image_size",
 ]
 
 SHORTCUTS = tuple(layers.SHORTCUTS)
@@ -85,6 +88,10 @@ class ResNet(nn.Module):
       bn_epsilon: norm epsilon.
       head_hidden: if > 0, a Dense layer of this width + ReLU between the pooled features and the head
         (the seed article's transfer-learning head: Dense(1024) + ReLU + Dense(num_classes)).
+      norm_frozen_up_to: partial fine-tuning: 'none'; 'stem'; 'stage{k}' (the stem and stages 1..k);
+        or 'all' (every norm, as norm='frozen_batch'). The BatchNorms of those parts use and keep their
+        running statistics even with train=True; the rest follow `norm`. Submodule names (checkpoint
+        keys) do not change. See `freeze_points`.
       dtype: computation dtype (e.g. jnp.bfloat16); params, BN statistics and logits stay float32
         when param_dtype is float32.
       param_dtype: parameter dtype.
@@ -109,6 +116,7 @@ class ResNet(nn.Module):
     bn_momentum: float = 0.9
     bn_epsilon: float = 1e-5
     head_hidden: int = 0
+    norm_frozen_up_to: str = "none"
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
 
@@ -120,6 +128,18 @@ class ResNet(nn.Module):
     def preact(self) -> bool:
         """Whether this is a pre-activation (v2) network."""
         return self.block in PREACT_BLOCKS
+
+    def head_module(self) -> ResNetHead:
+        """The head alone (head_hidden, head) as a module: applied to `pooled` features with this model's
+        head parameters ({'params': {'head': ..., 'head_hidden': ...}}) it gives this model's logits."""
+        return ResNetHead(
+            self.num_classes, self.head_hidden, dtype=self.dtype, param_dtype=self.param_dtype, parent=None
+        )
+
+    def _frozen_through(self) -> int:
+        # -1: nothing frozen; 0: the stem; k: the stem and stages 1..k; num_stages + 1: everything.
+        points = freeze_points(len(self.stage_sizes))
+        return points.index(self.norm_frozen_up_to) - 1
 
     @nn.compact
     def __call__(
@@ -140,36 +160,40 @@ class ResNet(nn.Module):
           float32 logits of shape (batch, num_classes), or (logits, features).
         """
         conv = layers.make_conv(use_bias=self.conv_bias, dtype=self.dtype, param_dtype=self.param_dtype)
-        norm = layers.make_norm(
-            self.norm,
-            train=train,
-            momentum=self.bn_momentum,
-            epsilon=self.bn_epsilon,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        norms = {
+            kind: layers.make_norm(
+                kind,
+                train=train,
+                momentum=self.bn_momentum,
+                epsilon=self.bn_epsilon,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )
+            for kind in {self.norm, "frozen_batch" if self.norm == "batch" else self.norm}
+        }
+        frozen_through = self._frozen_through()
+
+        def norm_of(part: int) -> layers.ModuleDef:  # part 0: the stem; s: stage s; num_stages + 1: post_bn
+            frozen = part <= frozen_through and self.norm == "batch"
+            return norms["frozen_batch" if frozen else self.norm]
+
         features = {}
-        x = self._stem(jnp.asarray(x, self.dtype), conv, norm)
+        x = self._stem(jnp.asarray(x, self.dtype), conv, norm_of(0))
         features["stem"] = x
 
         for s, (size, width) in enumerate(zip(self.stage_sizes, self.stage_widths, strict=True)):
+            norm = norm_of(s + 1)
             for b in range(size):
                 name = f"stage{s + 1}_block{b}"
                 block = self._block(name, width, self._stride(s, b), conv, norm, first=s == 0 and b == 0)
                 x = block(x, train=train)
             features[f"stage{s + 1}"] = x
         if self.preact:
-            x = nn.relu(norm(name="post_bn")(x))
+            x = nn.relu(norm_of(len(self.stage_sizes) + 1)(name="post_bn")(x))
 
         x = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
         features["pooled"] = x
-        if self.head_hidden:
-            dense = nn.Dense(
-                self.head_hidden, dtype=self.dtype, param_dtype=self.param_dtype, name="head_hidden"
-            )
-            x = nn.relu(dense(x))
-        x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype, name="head")(x)
-        logits = x.astype(jnp.float32)
+        logits = _head(self, x)
         return (logits, features) if return_features else logits
 
     def _stem(self, x: jax.Array, conv: layers.ModuleDef, norm: layers.ModuleDef) -> jax.Array:
@@ -216,6 +240,48 @@ class ResNet(nn.Module):
         return BLOCKS[self.block](width, name=name, **kwargs)
 
 
+class ResNetHead(nn.Module):
+    """The head of a ResNet alone: optional Dense(head_hidden) + ReLU, then Dense(num_classes).
+
+    Its parameters are named as in ResNet ('head_hidden', 'head'), so a ResNet's head parameters apply
+    here unchanged: training a head on cached features updates the whole model's head (train/features.py).
+    """
+
+    num_classes: int
+    head_hidden: int = 0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, pooled: jax.Array) -> jax.Array:
+        """float32 logits [B, num_classes] from pooled features [B, D]."""
+        return _head(self, pooled)
+
+
+def _head(m: ResNet | ResNetHead, x: jax.Array) -> jax.Array:
+    # Called inside m's compact __call__: the Dense layers become m's submodules with these names.
+    if m.head_hidden:
+        x = nn.relu(nn.Dense(m.head_hidden, dtype=m.dtype, param_dtype=m.param_dtype, name="head_hidden")(x))
+    x = nn.Dense(m.num_classes, dtype=m.dtype, param_dtype=m.param_dtype, name="head")(x)
+    return x.astype(jnp.float32)
+
+
+def freeze_points(num_stages: int) -> tuple[str, ...]:
+    """The values of `norm_frozen_up_to` (and the fine-tuning `freeze_up_to`) for a net of `num_stages`,
+    from nothing frozen to everything: ('none', 'stem', 'stage1', ..., 'stage{num_stages}', 'all')."""
+    return ("none", "stem", *(f"stage{s}" for s in range(1, num_stages + 1)), "all")
+
+
+def min_image_size(model: ResNet) -> int:
+    """The smallest input side `model` takes: its total stride (4 for the ImageNet stem's conv and
+    max-pool, 1 for the CIFAR stem, times 2 per stage after the first).
+
+    A smaller image still runs (padding keeps every map at least 1x1) but its last stage then sees
+    padding more than pixels; Keras' ResNet50 refuses inputs under 32 px for the same reason.
+    """
+    return (1 if model.cifar_stem else 4) * 2 ** (len(model.stage_sizes) - 1)
+
+
 def _check_config(m: ResNet) -> None:
     if not isinstance(m.num_classes, int) or isinstance(m.num_classes, bool) or m.num_classes < 1:
         raise ValueError(f"num_classes must be a positive integer, got {m.num_classes!r}")
@@ -231,6 +297,12 @@ def _check_config(m: ResNet) -> None:
     ):
         if value not in valid:
             raise ValueError(f"unknown {field} {value!r}; valid: {', '.join(valid)}")
+    points = freeze_points(len(m.stage_sizes))
+    if m.norm_frozen_up_to not in points:
+        raise ValueError(
+            f"unknown norm_frozen_up_to {m.norm_frozen_up_to!r} for a net of {len(m.stage_sizes)} stages; "
+            f"valid: {', '.join(points)}"
+        )
     for field in ("dtype", "param_dtype"):
         value = getattr(m, field)
         try:

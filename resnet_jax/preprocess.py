@@ -139,3 +139,30 @@ def as_mean_std(spec: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray, bool]:
     if spec["kind"] == "mean_std":
         return np.asarray(spec["mean"], np.float64), np.asarray(spec["std"], np.float64), False
     return np.asarray(spec["mean_bgr"], np.float64) / 255.0, np.full(3, 1.0 / 255.0), True
+
+
+def resize_images(images: jax.Array | np.ndarray, size: int | tuple[int, int]) -> jax.Array:
+    """uint8 NHWC images resized to `size`, bilinear with antialiasing, rounded back to uint8.
+
+    The one resize of this project: training resizes every in-memory batch with it (after augmentation,
+    before normalisation) and `make_predict_fn` resizes raw images of another size with it, so a model
+    sees the same pixels in both. Antialiasing matters only when shrinking (it averages over the
+    source pixels a target pixel covers instead of sampling four); enlarging (CIFAR-10 32 -> 224) is
+    plain bilinear interpolation. The result is rounded to uint8, which is what a dataset stored at
+    that size would hold, so every consumer normalises uint8 pixels the same way afterwards.
+
+    Args:
+      images: uint8 [N, H, W, C] raw pixels; works inside `jax.jit`.
+      size: output side, or (height, width).
+
+    Returns:
+      uint8 [N, size_h, size_w, C]; the input itself when it already has that size.
+    """
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if jnp.dtype(images.dtype) != jnp.uint8:
+        raise ValueError(f"resize_images takes uint8 raw pixels, got {jnp.dtype(images.dtype)}")
+    if tuple(images.shape[1:3]) == (h, w):
+        return jnp.asarray(images)
+    shape = (images.shape[0], h, w, images.shape[3])
+    out = jax.image.resize(jnp.asarray(images, jnp.float32), shape, method="bilinear", antialias=True)
+    return jnp.clip(jnp.round(out), 0, 255).astype(jnp.uint8)

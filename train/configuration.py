@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import flax.linen as nn
 
 import resnet_jax
+from resnet_jax.models import min_image_size
 from train import optim
 
 if TYPE_CHECKING:  # annotations only: the GPU image without ml_collections imports this module
@@ -85,7 +86,12 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         errors.append(f"model={config.model!r} must be one of {', '.join(resnet_jax.available_models())}")
     else:
         try:
-            build_model(config)
+            smallest = min_image_size(build_model(config))
+            check(
+                not config.image_size or config.image_size >= smallest,
+                f"image_size={config.image_size} is smaller than {config.model} takes: its total stride "
+                f"is {smallest}, so pass --config.image_size>={smallest} (or 0: the dataset's own size)",
+            )
         except (ValueError, TypeError) as e:
             errors.append(f"model_kwargs: {e}")
     one_of("schedule", optim.SCHEDULES)
@@ -134,10 +140,31 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         "init_checkpoint is not set, and freeze_backbone=True needs a backbone to freeze: pass "
         "--config.init_checkpoint=PATH (a training workdir, or what python -m resnet_jax.convert wrote)",
     )
+    _check_transfer(config, check)
     _check_pipeline(config, check, one_of)
     check(config.head_hidden >= 0, f"head_hidden={config.head_hidden} must be >= 0 (0: no hidden layer)")
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_transfer(config: ml_collections.ConfigDict, check) -> None:
+    """The fine-tuning fields that need no checkpoint to check (train.finetune checks the rest)."""
+    partial = config.freeze_up_to not in ("none", "all")
+    check(
+        not (config.freeze_backbone and partial),
+        f"freeze_backbone=True already freezes everything before the head, but freeze_up_to="
+        f"{config.freeze_up_to!r}: for a partial freeze pass --config.freeze_backbone=False",
+    )
+    check(
+        config.backbone_lr_multiplier > 0,
+        f"backbone_lr_multiplier={config.backbone_lr_multiplier} must be > 0 (freeze with freeze_up_to)",
+    )
+    check(
+        bool(config.init_checkpoint)
+        or (config.freeze_up_to == "none" and config.backbone_lr_multiplier == 1.0),
+        f"freeze_up_to={config.freeze_up_to!r} and backbone_lr_multiplier={config.backbone_lr_multiplier} "
+        "need a pretrained backbone: pass --config.init_checkpoint=PATH",
+    )
 
 
 def _check_pipeline(config: ml_collections.ConfigDict, check, one_of) -> None:
@@ -153,6 +180,11 @@ def _check_pipeline(config: ml_collections.ConfigDict, check, one_of) -> None:
         check(
             config.data_source == "tfds",
             f"data_source={config.data_source!r} needs --config.pipeline=grain (memory reads tfds only)",
+        )
+        check(
+            not (config.image_size and config.normalization == "per_pixel"),
+            f"image_size={config.image_size} resizes the images, but normalization='per_pixel' subtracts a "
+            "mean image of their stored size: pass --config.normalization=mean_std or --config.image_size=0",
         )
         return
     check(

@@ -73,10 +73,13 @@ def evaluate(
     images, labels = tfds_data.load_split(builder, split or config.eval_split)
     if reverse_channels:
         images = np.ascontiguousarray(images[..., ::-1])
+    # A run that resized its images (config.image_size) recorded the size it trained at: resize the same way.
+    size = tuple(meta.get("image_size") or images.shape[1:3])
+    resize_to = size if size != tuple(images.shape[1:3]) else 0
     data = input_pipeline.put_eval(images, labels, config.eval_batch_size, mesh)
     state = train.TrainState(step=meta["step"], apply_fn=model.apply, tx=None, opt_state=None, **variables)
     eval_fn = train.make_eval_fn(
-        mesh, jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32), hflip=hflip
+        mesh, jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32), hflip=hflip, image_size=resize_to
     )
     stack = {"image": data.images, "label": data.labels, "mask": data.mask}
     return {**programs.evaluate(eval_fn, state, [stack]), "step": meta["step"], "checkpoint": str(step_dir)}

@@ -3,13 +3,14 @@
 With `config.init_checkpoint` set, `train_and_evaluate` makes two explicit calls here:
 
   resolve_config   before anything else: the checkpoint's meta (read once) gives the architecture and
-                   the input normalisation; with `freeze_backbone` every BatchNorm becomes
-                   'frozen_batch' (it uses and keeps its running statistics)
+                   the input normalisation; the BatchNorms of the frozen part (`frozen_part`: all of
+                   them with `freeze_backbone`) use and keep their running statistics
   initialize       on a fresh start only (a resumed run restores its own checkpoint instead): every
                    variable outside the head comes from the checkpoint (restore_matching: a shape
                    mismatch is an error listing every key)
 
-`create_optimizer` wraps the optimiser so that a frozen backbone gets zero updates. The checkpoint may
+`create_optimizer` wraps the optimiser so that frozen parameters get zero updates and the rest of the
+backbone trains at `backbone_lr_multiplier` times the head's rate. The checkpoint may
 be this project's, or one converted from torchvision or Keras weights by `python -m resnet_jax.convert`.
 """
 
@@ -23,6 +24,7 @@ import jax
 import ml_collections
 import optax
 
+import resnet_jax
 from resnet_jax.checkpoint import (
     CheckpointError,
     find_checkpoint,
@@ -30,6 +32,7 @@ from resnet_jax.checkpoint import (
     read_meta,
     restore_matching,
 )
+from resnet_jax.models import freeze_points
 from resnet_jax.preprocess import as_mean_std
 from train.configuration import ConfigError
 
@@ -61,7 +64,7 @@ def resolve_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.Co
     try:
         step_dir = find_checkpoint(config.init_checkpoint, step=step)
         meta = read_meta(step_dir)
-    except (FileNotFoundError, CheckpointError) as e:
+    except (FileNotFoundError, CheckpointError, ValueError) as e:
         raise ConfigError(f"init_checkpoint: {e}") from e
     mean, std, reverse_channels = as_mean_std(meta["preprocess"])
     if mean.ndim != 1:
@@ -71,17 +74,32 @@ def resolve_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.Co
         )
     config = copy.deepcopy(config)
     config.model = meta["model"]
-    drop = ("num_classes", HIDDEN_HEAD, "norm")
+    drop = ("num_classes", HIDDEN_HEAD, "norm", "norm_frozen_up_to")
     kwargs = {k: v for k, v in meta["model_kwargs"].items() if k not in drop}
     if config.head_hidden:
         kwargs[HIDDEN_HEAD] = config.head_hidden
-    if config.freeze_backbone:
+    frozen = frozen_part(config)
+    points = freeze_points(len(resnet_jax.create_model(meta["model"], **kwargs).stage_sizes))
+    if frozen not in points:
+        raise ConfigError(
+            f"freeze_up_to={frozen!r} is not a part of {meta['model']} ({len(points) - 3} stages): choose "
+            f"one of {', '.join(points)}"
+        )
+    if frozen == "all":
         kwargs["norm"] = "frozen_batch"
+    elif frozen != "none" and meta["model_kwargs"].get("norm", "batch") == "batch":
+        kwargs["norm_frozen_up_to"] = frozen
     config.model_kwargs = ml_collections.ConfigDict(kwargs)
     config.normalization = "mean_std"
     config.mean = tuple(float(m) for m in (mean[::-1] if reverse_channels else mean))
     config.std = tuple(float(s) for s in std)
     return config, InitCheckpoint(step_dir, meta)
+
+
+def frozen_part(config: ml_collections.ConfigDict) -> str:
+    """What stays fixed: 'all' (freeze_backbone: everything but the head), else config.freeze_up_to
+    ('none', 'stem', 'stage{k}': the stem and stages 1..k)."""
+    return "all" if config.freeze_backbone else config.freeze_up_to
 
 
 def head_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
@@ -92,17 +110,41 @@ def head_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 def create_optimizer(
     config: ml_collections.ConfigDict, tx: optax.GradientTransformation
 ) -> optax.GradientTransformation:
-    """`tx` for the head only (zero updates elsewhere) with `freeze_backbone`; else `tx` unchanged."""
-    if not config.freeze_backbone:
+    """`tx` with zero updates for the frozen part and the backbone's rate scaled; else `tx` unchanged.
+
+    The head (head_names) trains with `tx`; frozen parameters (`frozen_part`) get zero updates; the
+    rest of the backbone gets `tx`'s updates times `backbone_lr_multiplier` (for SGD with momentum, and
+    for any optimiser whose update is linear in the rate, the same as a learning rate that much smaller).
+    """
+    frozen, multiplier = frozen_part(config), float(config.backbone_lr_multiplier)
+    if frozen == "none" and multiplier == 1.0:
         return tx
     head = head_names(config)
+    points = freeze_points(len(resnet_jax.create_model(config.model, **config.model_kwargs).stage_sizes))
+    through = points.index(frozen) - 1  # parts 0 (stem) .. through are frozen
+
+    def label(name: str) -> str:
+        if name in head:
+            return "train"  # the head's label since before partial freezing: old opt_states still restore
+        return "freeze" if part_of(name, len(points) - 3) <= through else "backbone"
 
     def labels(params):
-        return {
-            k: jax.tree.map(lambda _, k=k: "train" if k in head else "freeze", v) for k, v in params.items()
-        }
+        return {k: jax.tree.map(lambda _, k=k: label(k), v) for k, v in params.items()}
 
-    return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
+    transforms = {"train": tx, "freeze": optax.set_to_zero()}
+    if frozen != "all":
+        transforms["backbone"] = tx if multiplier == 1.0 else optax.chain(tx, optax.scale(multiplier))
+    return optax.multi_transform(transforms, labels)
+
+
+def part_of(name: str, num_stages: int) -> int:
+    """Which part of the backbone a top-level parameter name belongs to: 0 the stem, s stage s, and
+    num_stages + 1 what follows the last stage (post_bn)."""
+    if name.startswith("stem"):
+        return 0
+    if name.startswith("stage"):
+        return int(name[len("stage") :].split("_")[0])
+    return num_stages + 1
 
 
 def initialize(config: ml_collections.ConfigDict, state: Any, init: InitCheckpoint) -> Any:

@@ -146,6 +146,8 @@ class InMemoryPipeline:
       num_classes, class_names: the label space (class_names None when the dataset names none).
       preprocess: the checkpoint's preprocess spec for these images.
       device_augment: True: the train step crops and flips the batch (config.pad, config.flip).
+      resize_to: >0: the train and eval steps resize each batch to this side (after augmentation,
+        before normalisation) with resnet_jax.preprocess.resize_images; 0: the images' own size.
     """
 
     device_augment = True
@@ -160,14 +162,17 @@ class InMemoryPipeline:
         preprocess: dict[str, Any],
         num_classes: int,
         class_names: tuple[str, ...] | None = None,
+        resize_to: int = 0,
     ):
         self.train, self.eval = train, eval_split
+        self.resize_to = resize_to
         self.batch_size = batch_size
         self.data_key = data_key
         self.preprocess = preprocess
         self.num_train_examples = train.num_examples
         self.steps_per_epoch = train.num_examples // batch_size
-        self.image_shape = tuple(train.images.shape[1:])
+        h, w, c = train.images.shape[1:]
+        self.image_shape = (resize_to, resize_to, c) if resize_to else (h, w, c)
         self.num_classes, self.class_names = num_classes, class_names
 
     def train_inputs(self, start_step: int) -> Iterator[tuple[jax.Array, jax.Array]]:
@@ -275,12 +280,11 @@ def create_in_memory(config: Any, mesh: Mesh, data_key: jax.Array) -> InMemoryPi
         )
     train_images, train_labels = tfds_data.load_split(builder, config.train_split)
     eval_images, eval_labels = tfds_data.load_split(builder, config.eval_split)
-    if config.image_size and tuple(train_images.shape[1:3]) != (config.image_size,) * 2:
-        raise tfds_data.DatasetUnavailableError(
-            f"image_size={config.image_size} but {config.dataset} has {train_images.shape[1]}x"
-            f"{train_images.shape[2]} images, and pipeline='memory' does not resize: pass "
-            "--config.image_size=0 or --config.pipeline=grain"
-        )
+    # Resized inside the jitted steps, not here: the split stays uint8 at its own size on the devices
+    # (CIFAR-10 at 224 px would be 7.5 GB instead of 150 MB) and only each batch is enlarged.
+    resize_to = config.image_size if config.image_size else 0
+    if resize_to and tuple(train_images.shape[1:3]) == (resize_to,) * 2:
+        resize_to = 0
     if len(train_labels) < config.batch_size:
         raise tfds_data.DatasetUnavailableError(
             f"batch_size={config.batch_size} exceeds the {len(train_labels)} training examples of "
@@ -294,4 +298,5 @@ def create_in_memory(config: Any, mesh: Mesh, data_key: jax.Array) -> InMemoryPi
         preprocess=preprocess_spec(config.normalization, config.mean, config.std, train_images),
         num_classes=config.num_classes,
         class_names=class_names,
+        resize_to=resize_to,
     )

@@ -161,6 +161,7 @@ class StreamingPipeline:
     """
 
     device_augment = False
+    resize_to = 0  # the host transforms output image_size already
 
     def __init__(
         self,

@@ -22,7 +22,7 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax.preprocess import normalize
+from resnet_jax.preprocess import normalize, resize_images
 from train import input_pipeline, optim, programs
 from train.configuration import build_model, check_workdir, validate_config
 from train.run_state import RunState
@@ -65,6 +65,7 @@ def train_step(
     pad: int = 4,
     flip: bool = True,
     label_smoothing: float = 0.0,
+    image_size: int = 0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One SGD step on a batch of uint8 images: augment, normalise, forward, backward, update.
 
@@ -76,11 +77,14 @@ def train_step(
       pad, flip: on-device augmentation (see input_pipeline.augment); 0 and False when the host
         pipeline augments.
       label_smoothing: applied to the training loss.
+      image_size: >0: resize the augmented batch to this side (resnet_jax.preprocess.resize_images)
+        before normalising; the pad/crop augmentation works at the stored size.
 
     Returns:
       (new state, {'loss': mean loss, 'accuracy': mean accuracy}) for this batch.
     """
-    x = normalize(input_pipeline.augment(batch["image"], rng, pad, flip), mean, std)
+    x = input_pipeline.augment(batch["image"], rng, pad, flip)
+    x = normalize(resize_images(x, image_size) if image_size else x, mean, std)
 
     def loss_fn(params):
         logits, updates = state.apply_fn(
@@ -106,6 +110,7 @@ def eval_step(
     mean: jax.Array,
     std: jax.Array,
     hflip: bool = False,
+    image_size: int | tuple[int, int] = 0,
 ) -> dict[str, jax.Array]:
     """Sums of loss, correct predictions and examples over the unmasked part of a batch.
 
@@ -113,9 +118,11 @@ def eval_step(
       batch: {'image': uint8 [B, H, W, C], 'label': int [B], 'mask': float [B] (0 on padding)}.
       hflip: also count 'correct_hflip': predictions from the mean of the softmax of each image and of
         its mirror image (test-time augmentation; 'correct' stays the single-view count).
+      image_size: >0: resize the batch to this side first, as train_step does.
     """
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    logits = state.apply_fn(variables, normalize(batch["image"], mean, std), train=False)
+    images = resize_images(batch["image"], image_size) if image_size else batch["image"]
+    logits = state.apply_fn(variables, normalize(images, mean, std), train=False)
     mask = batch["mask"]
     sums = {
         "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
@@ -124,7 +131,7 @@ def eval_step(
     }
     if hflip:
         # Mirror before normalising: a per-pixel mean image is not mirror-symmetric.
-        mirrored = state.apply_fn(variables, normalize(batch["image"][:, :, ::-1], mean, std), train=False)
+        mirrored = state.apply_fn(variables, normalize(images[:, :, ::-1], mean, std), train=False)
         probs = jax.nn.softmax(logits) + jax.nn.softmax(mirrored)
         sums["correct_hflip"] = jnp.sum((jnp.argmax(probs, -1) == batch["label"]) * mask)
     return sums
@@ -135,11 +142,37 @@ def make_mesh(devices: list | None = None) -> Mesh:
     return Mesh(np.asarray(devices if devices is not None else jax.devices()), ("data",))
 
 
-def make_eval_fn(mesh: Mesh, mean: jax.Array, std: jax.Array, *, hflip: bool = False):
+def make_eval_fn(
+    mesh: Mesh, mean: jax.Array, std: jax.Array, *, hflip: bool = False, image_size: int | tuple = 0
+):
     """programs.make_eval_fn over this module's eval_step: eval_fn(state, stack) -> sums."""
     keys = programs.SUM_KEYS + (("correct_hflip",) if hflip else ())
-    step = functools.partial(eval_step, mean=mean, std=std, hflip=hflip)
+    step = functools.partial(eval_step, mean=mean, std=std, hflip=hflip, image_size=image_size)
     return programs.make_eval_fn(step, mesh, keys=keys)
+
+
+def _cached_programs(config, model, run, pipeline, mesh, mean, std, aug_key):
+    """The train and eval programs over cached features; `run.pipeline` becomes the FeaturePipeline."""
+    from train import features
+
+    run.pipeline = features.FeaturePipeline.build(
+        pipeline,
+        model,
+        run.state,
+        mean=mean,
+        std=std,
+        mesh=mesh,
+        batch_size=config.eval_batch_size,
+        flip=config.flip,
+        eval_hflip=config.eval_hflip,
+        progress=config.progress_bar and run.is_main,
+    )
+    head = model.head_module()
+    step_fn = functools.partial(
+        features.head_train_step, head=head, flip=config.flip, label_smoothing=config.label_smoothing
+    )
+    run_train = programs.make_train_fn(step_fn, mesh, run.pipeline.device_batch, aug_key)
+    return run_train, features.make_eval_fn(mesh, head, hflip=config.eval_hflip)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -191,20 +224,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         )  # resumes; still writes nothing
         if run.step == 0 and init is not None:
             run.state = finetune.initialize(config, run.state, init)
-        run.start()  # every check passed: config.json, metrics and checkpoints may be written from here
+        cached = False
+        if init is not None:
+            from train import features
 
-        step_fn = functools.partial(
-            train_step,
-            mean=mean,
-            std=std,
-            # A streaming pipeline augments on the host: the step must not crop or flip again.
-            pad=config.pad if pipeline.device_augment else 0,
-            flip=config.flip and pipeline.device_augment,
-            label_smoothing=config.label_smoothing,
+            cached, notice = features.should_cache(config, pipeline)
+            if notice:
+                run.say(notice)
+        if cached:  # the frozen backbone runs once here; the steps apply only the head
+            run_train, eval_fn = _cached_programs(config, model, run, pipeline, mesh, mean, std, aug_key)
+        else:
+            step_fn = functools.partial(
+                train_step,
+                mean=mean,
+                std=std,
+                # A streaming pipeline augments on the host: the step must not crop or flip again.
+                pad=config.pad if pipeline.device_augment else 0,
+                flip=config.flip and pipeline.device_augment,
+                label_smoothing=config.label_smoothing,
+                image_size=pipeline.resize_to,
+            )
+            run_train = programs.make_train_fn(step_fn, mesh, pipeline.device_batch, aug_key)
+            eval_fn = make_eval_fn(mesh, mean, std, hflip=config.eval_hflip, image_size=pipeline.resize_to)
+        run.start()  # every check passed: config.json, metrics and checkpoints may be written from here
+        result = run.loop(
+            run_train, lambda state: programs.evaluate(eval_fn, state, run.pipeline.eval_inputs())
         )
-        run_train = programs.make_train_fn(step_fn, mesh, pipeline.device_batch, aug_key)
-        eval_fn = make_eval_fn(mesh, mean, std, hflip=config.eval_hflip)
-        result = run.loop(run_train, lambda state: programs.evaluate(eval_fn, state, pipeline.eval_inputs()))
     finally:
         pipeline.close()
     return {**result, "wall_time_s": time.perf_counter() - start_time}

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from resnet_jax.checkpoint.trees import VARIABLE_COLLECTIONS
-from resnet_jax.preprocess import normalized_range, preprocess_images, validate_preprocess
+from resnet_jax.preprocess import normalized_range, preprocess_images, resize_images, validate_preprocess
 
 
 def check_float_images(images: Any, spec: Mapping[str, Any] | None) -> None:
@@ -49,7 +49,11 @@ def check_float_images(images: Any, spec: Mapping[str, Any] | None) -> None:
 
 
 def make_predict_fn(
-    model: nn.Module, preprocess: Mapping[str, Any] | None = None, *, check_inputs: bool = True
+    model: nn.Module,
+    preprocess: Mapping[str, Any] | None = None,
+    *,
+    check_inputs: bool = True,
+    image_size: tuple[int, int] | None = None,
 ) -> Callable[[Mapping[str, Any], jax.Array | np.ndarray], jax.Array]:
     """A `predict(variables, images) -> float32 logits` in eval mode, jitted.
 
@@ -58,13 +62,18 @@ def make_predict_fn(
       preprocess: the spec for uint8 images; default `model.preprocess` (set by `load_checkpoint`).
       check_inputs: check float images before the jitted call (see below). Under an outer `jax.jit`
         the images are traced and only their dtype and shape are checked.
+      image_size: (H, W) the model was trained at; default `model.image_size` (set by `load_checkpoint`
+        from the checkpoint meta); None: no resizing.
 
     The returned function takes variables {'params', 'batch_stats'} (other entries are ignored) and
     NHWC RGB images of any batch size, either
-      - uint8 raw pixels (0-255), normalised by the spec inside the jit, or
+      - uint8 raw pixels (0-255), resized to `image_size` when their H, W differ (with
+        `resnet_jax.preprocess.resize_images`, the function training resized with) and normalised by
+        the spec inside the jit, or
       - floats already normalised the way training normalised them. Float images with NaN or
         infinite values, or outside the range normalised pixels can take (e.g. floats in 0-255), are
-        a ValueError: pass raw pixels as uint8.
+        a ValueError: pass raw pixels as uint8. Float images are never resized (resizing normalised
+        values would not match training, which resizes raw pixels).
     It compiles once per input shape and dtype; repeated calls with the same shape do not retrace.
 
     Raises (when called):
@@ -73,9 +82,12 @@ def make_predict_fn(
     spec = preprocess if preprocess is not None else getattr(model, "preprocess", None)
     if spec is not None:
         spec = validate_preprocess(spec)
+    size = tuple(image_size) if image_size is not None else getattr(model, "image_size", None)
 
     @jax.jit
     def forward(variables: Mapping[str, Any], images: jax.Array) -> jax.Array:
+        if size and images.dtype == jnp.uint8 and tuple(images.shape[1:3]) != tuple(size):
+            images = resize_images(images, tuple(size))
         if spec is not None:
             images = preprocess_images(images, spec)
         return model.apply({c: variables[c] for c in VARIABLE_COLLECTIONS}, images, train=False)
