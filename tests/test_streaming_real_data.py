@@ -119,15 +119,18 @@ def one_epoch_command(root: str, workdir: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_one_epoch_folder_command_runs_a_few_steps(cifar_folder, tmp_path):
-    """The command of BENCHMARKS.md "One epoch through image folders" (51.0% in 5:22 standalone, 7:27
-    inside pytest under load: too long for the suite) stopped after 5 steps: it trains, evaluates all
-    10,000 test JPEGs and records CIFAR-10's class names."""
-    cmd = [*one_epoch_command(cifar_folder, str(tmp_path)), "--config.num_train_steps=5"]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+def test_one_epoch_through_the_folder_path_learns(cifar_folder, tmp_path):
+    """The command of BENCHMARKS.md "One epoch through image folders" (51.0% in 5:22 on one CPU device):
+    one epoch of ResNet-20 from the JPEG tree reaches more than 40% on all 10,000 test JPEGs (the copy is
+    JPEG-recompressed), and the checkpoint records CIFAR-10's class names."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one device, as the benchmark ran
+    out = subprocess.run(
+        one_epoch_command(cifar_folder, str(tmp_path)), capture_output=True, text=True, timeout=1800, env=env
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "5 steps of 128" in out.stdout and "final: test accuracy" in out.stdout, out.stdout
+    assert "390 steps of 128" in out.stdout and "final: test accuracy" in out.stdout, out.stdout
     meta, _ = load_checkpoint(str(tmp_path))
     assert list(meta.class_names)[:3] == ["airplane", "automobile", "bird"] and len(meta.class_names) == 10
     test = [r for r in read_metrics(str(tmp_path / "metrics.jsonl")) if r["split"] == "test"]
-    assert test[-1]["examples"] == 10_000 and test[-1]["step"] == 5
+    assert test[-1]["examples"] == 10_000 and test[-1]["step"] == 390
+    assert test[-1]["accuracy"] > 0.40, test[-1]
