@@ -45,9 +45,10 @@ def test_readme_has_python_blocks():
 
 @pytest.fixture(scope="module")
 def reader_dir(tmp_path_factory):
-    """A working directory with runs/resnet20 as README's training command would leave it."""
+    """A working directory with runs/resnet20 and runs/seed as README's commands would leave them."""
     root = tmp_path_factory.mktemp("reader")
     save_tiny_checkpoint(root / "runs" / "resnet20")
+    save_tiny_checkpoint(root / "runs" / "seed")  # the fine-tuning walk-through's workdir
     return root
 
 
