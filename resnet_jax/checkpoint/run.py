@@ -77,8 +77,9 @@ class RunCheckpoints:
 
     def best_step(self) -> int | None:
         """The step with the highest saved test accuracy (None before any evaluated save)."""
-        evaluated = [s for s in self.all_steps() if _accuracy(self._manager.metrics(s) or {}) > -math.inf]
-        return max(evaluated, key=lambda s: _accuracy(self._manager.metrics(s))) if evaluated else None
+        accuracy = {s: _accuracy(self._manager.metrics(s) or {}) for s in self.all_steps()}
+        evaluated = {s: a for s, a in accuracy.items() if a > -math.inf}
+        return max(evaluated, key=evaluated.get) if evaluated else None
 
     def step_dir(self, step: int) -> str:
         return os.path.join(self.directory, str(step))

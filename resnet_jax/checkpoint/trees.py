@@ -107,16 +107,6 @@ def restore_matching(
     return flax.traverse_util.unflatten_dict({k: copy(k, v) for k, v in target.items()}, sep="/")
 
 
-def _path_name(path: tuple) -> str:
-    parts = []
-    for k in path:
-        for attr in ("key", "name", "idx"):
-            if hasattr(k, attr):
-                parts.append(str(getattr(k, attr)))
-                break
-    return "/".join(parts)
-
-
 def _host_value(leaf: Any) -> np.ndarray | None:
     if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
         if not leaf.is_fully_replicated:
@@ -134,7 +124,7 @@ def checksums(tree: Any) -> dict[str, str]:
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
         value = _host_value(leaf)
         if value is not None:
-            out[_path_name(path)] = f"{zlib.crc32(value.tobytes()):08x}"
+            out[jax.tree_util.keystr(path, simple=True, separator="/")] = f"{zlib.crc32(value.tobytes()):08x}"
     return out
 
 
