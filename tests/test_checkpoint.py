@@ -92,6 +92,33 @@ def test_round_trip_bfloat16_params_and_dtype_strings(tmp_path):
     _assert_bitwise(variables, loaded)
 
 
+def test_group_norm_model_saves_loads_and_predicts_without_batch_stats(tmp_path):
+    """GroupNorm keeps no statistics: the checkpoint holds params only and loads and predicts as saved."""
+    model = create_model("resnet18", num_classes=4, norm="group")
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    assert set(variables) == {"params"}
+    with pytest.raises(ValueError, match=r"must contain \('params',\) for resnet18; missing \['params'\]"):
+        _save(tmp_path / "none", model, {}, name="resnet18")
+    # A training state carries an empty batch_stats: saved without it.
+    path = _save(tmp_path / "gn", model, {**variables, "batch_stats": {}}, name="resnet18")
+    loaded_model, loaded = load_checkpoint(path)
+    assert loaded_model.norm == "group" and set(loaded) == {"params"}
+    _assert_bitwise(variables, loaded)
+    images = _uint8_images(3)
+    np.testing.assert_allclose(  # jitted vs eager: float rounding only
+        make_predict_fn(loaded_model)(loaded, images),
+        model.apply(variables, preprocess_images(images, CIFAR_SPEC), train=False),
+        rtol=1e-5,
+        atol=1e-5,
+    )
+    # Fine-tuning's restore into a new head.
+    target = create_model("resnet18", num_classes=2, norm="group").init(
+        jax.random.key(1), jnp.zeros((1, 32, 32, 3)), train=False
+    )
+    restored = restore_matching({**target, "batch_stats": {}}, loaded, skip=("head",))
+    assert set(restored) == {"params"} and restored["params"]["head"]["kernel"].shape == (512, 2)
+
+
 def test_model_from_meta_decodes_kwargs():
     meta = {
         "model": "resnet50",

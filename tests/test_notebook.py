@@ -6,6 +6,7 @@ takes its offline path (probing without hanging, saying why it skips).
 """
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -24,6 +25,32 @@ def test_stored_without_outputs_and_with_one_parameters_cell():
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
     assert sum("parameters" in c["metadata"].get("tags", []) for c in code) == 1
+
+
+def _install_cell():
+    nb = json.loads(NOTEBOOK.read_text())
+    return next("".join(c["source"]) for c in nb["cells"] if "REPO_URL = " in "".join(c["source"]))
+
+
+def test_repository_url_is_the_same_in_readme_notebook_and_pyproject():
+    import tomllib
+
+    url = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["urls"]["Repository"]
+    owner_repo = url.removeprefix("https://github.com/")
+    assert re.fullmatch(r"[\w.-]+/[\w.-]+", owner_repo), url
+    badge = f"https://colab.research.google.com/github/{owner_repo}/blob/main/notebooks/quickstart.ipynb"
+    assert badge in (REPO / "README.md").read_text()
+    assert f'REPO_URL = "{url}"' in _install_cell()
+
+
+def test_install_cell_off_a_checkout_fails_in_one_line_on_a_placeholder_url(tmp_path, monkeypatch):
+    cell = _install_cell()
+    if "OWNER/REPO" not in cell:
+        cell = re.sub(r'REPO_URL = ".*"', 'REPO_URL = "https://github.com/OWNER/REPO"', cell)
+    monkeypatch.chdir(tmp_path)  # not inside a checkout: the cell would clone
+    with pytest.raises(RuntimeError, match="REPO_URL is a placeholder"):
+        exec(compile(cell, "install-cell", "exec"), {})
+    assert list(tmp_path.iterdir()) == []  # nothing cloned or installed
 
 
 def test_notebook_runs(tmp_path, monkeypatch):

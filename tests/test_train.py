@@ -241,8 +241,9 @@ def test_half_precision_run_trains_checkpoints_evaluates_and_resumes(tmp_path):
         dict(num_train_steps=-1, num_epochs=0.75),  # 64 examples / batch 16: 3 steps
         dict(weight_decay_on="all"),
         dict(num_classes=100, dataset="fake_cifar100"),  # as cifar100: 100 classes
+        dict(model="resnet18", model_kwargs={"norm": "group"}),  # no batch_stats to train or save
     ],
-    ids=["per_pixel", "num_epochs", "weight_decay_all", "100_classes"],
+    ids=["per_pixel", "num_epochs", "weight_decay_all", "100_classes", "group_norm"],
 )
 def test_readme_options_run_end_to_end(tmp_path_factory, overrides):
     import resnet_jax
@@ -258,7 +259,8 @@ def test_readme_options_run_end_to_end(tmp_path_factory, overrides):
     workdir = tmp_path_factory.mktemp("run")
     result = train.train_and_evaluate(c, str(workdir))
     assert result["step"] == 3 and np.isfinite(result["test_loss"])
-    model, _ = resnet_jax.load_checkpoint(workdir)
+    model, variables = resnet_jax.load_checkpoint(workdir)
     assert model.num_classes == c.num_classes
+    assert set(variables) == ({"params"} if model.norm == "group" else {"params", "batch_stats"})
     if c.normalization == "per_pixel":  # the mean image travels in the meta and predict applies it
         assert np.asarray(model.preprocess["mean"]).shape == (32, 32, 3)

@@ -85,9 +85,13 @@ def resolve_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.Co
             f"freeze_up_to={frozen!r} is not a part of {meta['model']} ({len(points) - 3} stages): choose "
             f"one of {', '.join(points)}"
         )
-    if frozen == "all":
+    # BatchNorm is rebuilt from what is frozen now (the checkpoint may come from a frozen run); GroupNorm
+    # keeps no statistics, so the optimizer's zero updates alone freeze it.
+    if meta["model_kwargs"].get("norm") == "group":
+        kwargs["norm"] = "group"
+    elif frozen == "all":
         kwargs["norm"] = "frozen_batch"
-    elif frozen != "none" and meta["model_kwargs"].get("norm", "batch") == "batch":
+    elif frozen != "none":
         kwargs["norm_frozen_up_to"] = frozen
     config.model_kwargs = ml_collections.ConfigDict(kwargs)
     config.normalization = "mean_std"
@@ -168,4 +172,5 @@ def initialize(config: ml_collections.ConfigDict, state: Any, init: InitCheckpoi
     hidden = HIDDEN_HEAD in state.params or HIDDEN_HEAD in source["params"]
     skip = tuple(n for n in head_names(config) if n != HIDDEN_HEAD or hidden)
     restored = restore_matching(target, source, skip=skip)
-    return state.replace(params=restored["params"], batch_stats=restored["batch_stats"])
+    # A GroupNorm model has no batch statistics: nothing of them is restored.
+    return state.replace(params=restored["params"], batch_stats=restored.get("batch_stats", {}))

@@ -19,7 +19,6 @@ from etils import epath
 from resnet_jax.checkpoint.errors import CheckpointError
 from resnet_jax.checkpoint.meta import model_from_meta, validate_meta
 from resnet_jax.checkpoint.trees import (
-    VARIABLE_COLLECTIONS,
     abstract_variables,
     checksums,
     corrupted_keys,
@@ -51,7 +50,8 @@ def save_checkpoint(
       directory: the step directory to create (local path or e.g. gs://...). It must not exist
         unless `overwrite`. Name it by the step (e.g. ckpts/0) to make its parent a checkpoints
         directory that `load_checkpoint` can pick the latest step from.
-      variables: {'params', 'batch_stats', ...anything else to save}; jax or numpy arrays.
+      variables: {'params', 'batch_stats', ...anything else to save}; jax or numpy arrays. 'batch_stats'
+        only where the model has BatchNorm (a GroupNorm model has none).
       meta: see `make_meta`; checked against the contract and against the variables' shapes.
       overwrite: replace an existing directory.
 
@@ -63,12 +63,13 @@ def save_checkpoint(
         (listing the keys); FileExistsError if the directory exists and not `overwrite`.
     """
     path = absolute(directory)
-    missing = [c for c in VARIABLE_COLLECTIONS if c not in variables]
-    if missing:
-        raise ValueError(f"variables must contain {VARIABLE_COLLECTIONS}; missing {missing}")
     validate_meta(meta)
-    expected = flatten(abstract_variables(model_from_meta(meta)))
-    actual = flatten({c: variables[c] for c in VARIABLE_COLLECTIONS})
+    abstract = abstract_variables(model_from_meta(meta))
+    missing = [c for c in abstract if c not in variables]
+    if missing:
+        raise ValueError(f"variables must contain {tuple(abstract)} for {meta['model']}; missing {missing}")
+    expected = flatten(abstract)
+    actual = flatten({c: variables[c] for c in abstract})
     problems = tree_differences(expected, actual, names=("model", "variables"))
     if problems:
         raise ValueError(
@@ -229,7 +230,8 @@ def load_checkpoint(
 
     Returns:
       (model, variables): the model meta describes, carrying the checkpoint's `preprocess`,
-      `image_size` and `class_names`, and {'params', 'batch_stats'} (the optimizer state is not read).
+      `image_size` and `class_names`, and {'params', 'batch_stats'} ('params' only for a GroupNorm
+      model; the optimizer state is not read).
 
     Raises:
       FileNotFoundError: for a missing path, an empty directory or an absent step.
@@ -259,12 +261,12 @@ def load_variables(
     abstract = abstract_variables(model)
     try:
         saved = _reader().metadata(step_dir).item_metadata["state"]
-        missing = [c for c in VARIABLE_COLLECTIONS if c not in saved]
+        missing = [c for c in abstract if c not in saved]
         if missing:
             raise KeyError(f"state has no {missing}; it has {sorted(saved)}")
     except Exception as e:
         raise unusable(step_dir, f"cannot read its state metadata ({brief(e)})") from e
-    saved_flat = flatten({c: saved[c] for c in VARIABLE_COLLECTIONS})
+    saved_flat = flatten({c: saved[c] for c in abstract})
     problems = tree_differences(flatten(abstract), saved_flat, names=("model", "checkpoint"))
     if problems:
         raise CheckpointError(
@@ -289,7 +291,7 @@ def load_variables(
                 )
             ),
         )
-        variables = {c: flax.core.unfreeze(restored["state"][c]) for c in VARIABLE_COLLECTIONS}
+        variables = {c: flax.core.unfreeze(restored["state"][c]) for c in abstract}
     except Exception as e:
         raise unusable(step_dir, f"cannot read its state ({brief(e)})") from e
     bad = corrupted_keys(variables, meta.get("checksums", {}))

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+# The collections a checkpoint holds, those the model has: a GroupNorm model has no batch_stats.
 VARIABLE_COLLECTIONS = ("params", "batch_stats")
 
 
@@ -46,11 +47,14 @@ def tree_differences(
 
 
 def abstract_variables(model: nn.Module) -> dict[str, Any]:
-    """{'params', 'batch_stats'} of `model` as ShapeDtypeStructs, without computing anything."""
+    """The model's collections among VARIABLE_COLLECTIONS as ShapeDtypeStructs, computing nothing.
+
+    'params' always; 'batch_stats' only for a model with BatchNorm layers.
+    """
     # Parameter shapes do not depend on the image size (global average pooling before the head).
     images = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
     shapes = jax.eval_shape(functools.partial(model.init, train=False), jax.random.key(0), images)
-    return {c: flax.core.unfreeze(shapes.get(c, {})) for c in VARIABLE_COLLECTIONS}
+    return {c: flax.core.unfreeze(shapes[c]) for c in VARIABLE_COLLECTIONS if c in shapes}
 
 
 def restore_matching(

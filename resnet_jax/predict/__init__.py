@@ -90,7 +90,8 @@ def make_predict_fn(
             images = resize_images(images, tuple(size))
         if spec is not None:
             images = preprocess_images(images, spec)
-        return model.apply({c: variables[c] for c in VARIABLE_COLLECTIONS}, images, train=False)
+        collections = {c: variables[c] for c in VARIABLE_COLLECTIONS if c in variables}
+        return model.apply(collections, images, train=False)
 
     def predict(variables: Mapping[str, Any], images: jax.Array | np.ndarray) -> jax.Array:
         if getattr(images, "ndim", None) != 4 or images.shape[-1] != 3:
