@@ -1,5 +1,6 @@
 """Test setup: 8 CPU devices for the data-parallel tests, set before JAX initialises its backend."""
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -15,6 +16,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # No persistent compilation cache for the suite's runs (tests/test_compilation_cache.py turns it on
 # itself): test results never depend on what an earlier run left in ~/.cache.
 os.environ.setdefault("RESNET_JAX_CACHE_DIR", "off")
+
+# triton (which torch imports for its compiler) segfaults when it loads after TensorFlow (`python -c
+# "import tensorflow; import triton"` exits 139), so a torch test after a tfds test in the same process
+# would crash the run. Loading it first, as the order torch-then-TensorFlow does, is safe.
+with contextlib.suppress(ImportError):
+    import triton  # noqa: F401
 
 # On CI every test must run: a skip there means a broken install (../shared missing, torch or keras not
 # installed, a bench module that fails to import), which must fail the run instead of passing it green.
