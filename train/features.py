@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from resnet_jax.preprocess import normalize, resize_images
 from train import input_pipeline, programs
-from train.train import cross_entropy
+from train.train import cross_entropy, eval_sums
 
 
 def should_cache(config: Any, pipeline: Any) -> tuple[bool, str | None]:
@@ -226,16 +226,8 @@ def head_eval_step(state: Any, batch: dict[str, jax.Array], *, head: nn.Module, 
     """train.eval_step for cached features: sums of loss, correct and count (and 'correct_hflip')."""
     params = {"params": _head_params(state)}
     logits = head.apply(params, batch["features"])
-    mask = batch["mask"]
-    sums = {
-        "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
-        "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
-        "count": jnp.sum(mask),
-    }
-    if hflip:
-        probs = jax.nn.softmax(logits) + jax.nn.softmax(head.apply(params, batch["features_mirrored"]))
-        sums["correct_hflip"] = jnp.sum((jnp.argmax(probs, -1) == batch["label"]) * mask)
-    return sums
+    mirrored = head.apply(params, batch["features_mirrored"]) if hflip else None
+    return eval_sums(logits, batch["label"], batch["mask"], mirrored)
 
 
 def make_eval_fn(mesh: Mesh, head: nn.Module, *, hflip: bool = False):

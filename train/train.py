@@ -123,17 +123,25 @@ def eval_step(
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     images = resize_images(batch["image"], image_size) if image_size else batch["image"]
     logits = state.apply_fn(variables, normalize(images, mean, std), train=False)
-    mask = batch["mask"]
+    mirrored = None
+    if hflip:  # mirror before normalising: a per-pixel mean image is not mirror-symmetric
+        mirrored = state.apply_fn(variables, normalize(images[:, :, ::-1], mean, std), train=False)
+    return eval_sums(logits, batch["label"], batch["mask"], mirrored)
+
+
+def eval_sums(
+    logits: jax.Array, labels: jax.Array, mask: jax.Array, mirrored: jax.Array | None = None
+) -> dict[str, jax.Array]:
+    """Masked sums of loss, correct and count; with the mirror images' logits also 'correct_hflip'
+    (the prediction from the sum of both views' softmax)."""
     sums = {
-        "loss": jnp.sum(cross_entropy(logits, batch["label"]) * mask),
-        "correct": jnp.sum((jnp.argmax(logits, -1) == batch["label"]) * mask),
+        "loss": jnp.sum(cross_entropy(logits, labels) * mask),
+        "correct": jnp.sum((jnp.argmax(logits, -1) == labels) * mask),
         "count": jnp.sum(mask),
     }
-    if hflip:
-        # Mirror before normalising: a per-pixel mean image is not mirror-symmetric.
-        mirrored = state.apply_fn(variables, normalize(images[:, :, ::-1], mean, std), train=False)
+    if mirrored is not None:
         probs = jax.nn.softmax(logits) + jax.nn.softmax(mirrored)
-        sums["correct_hflip"] = jnp.sum((jnp.argmax(probs, -1) == batch["label"]) * mask)
+        sums["correct_hflip"] = jnp.sum((jnp.argmax(probs, -1) == labels) * mask)
     return sums
 
 
