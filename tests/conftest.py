@@ -66,3 +66,28 @@ def offline_cifar10(tmp_path_factory):
         return _prepared[args]
 
     return prepare
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> str:
+    """A tfds data_dir holding `fake_cifar`: 64 train, 20 test random 32x32 images, 10 classes (read only)."""
+    from train.testing import write_fake_dataset
+
+    path = str(tmp_path_factory.mktemp("fake_tfds"))
+    write_fake_dataset(path, num_train=64, num_test=20)
+    return path
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """A persistent compilation cache for one module whose runs compile the same programs: repeats (and
+    CLI subprocesses given it as JAX_COMPILATION_CACHE_DIR) load them instead of compiling again."""
+    import jax
+
+    cache = str(tmp_path_factory.mktemp("jax_cache"))
+    old = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    jax.config.update("jax_compilation_cache_dir", cache)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield cache
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])

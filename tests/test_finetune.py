@@ -3,49 +3,28 @@
 import functools
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from configs import finetune_cifar10, smoke
 from resnet_jax import create_model, make_predict_fn
 from resnet_jax.checkpoint import load_checkpoint, make_meta, save_checkpoint
 from resnet_jax.preprocess import CAFFE
-from train import finetune, optim, testing, train
+from tests.helpers import backbone_checkpoint, finetune_config, finetune_state
+from train import finetune, testing, train
 from train.configuration import ConfigError, build_model, validate_config
 from train.eval import evaluate
 
 CIFAR_SPEC = {"kind": "mean_std", "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}
 
 
-def _backbone(directory, spec=CIFAR_SPEC, origin="resnet-jax"):
-    """A resnet20 checkpoint (10 classes) with non-trivial BatchNorm statistics."""
-    model = create_model("resnet20")
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-    stats = jax.tree.map(lambda x: x + 0.25, variables["batch_stats"])
-    variables = {"params": variables["params"], "batch_stats": stats}
-    meta = make_meta("resnet20", model, preprocess=spec, origin=origin, step=0)
-    return save_checkpoint(directory, variables, meta), variables
-
-
-def _config(init_checkpoint, **overrides):
-    config = finetune_cifar10.get_config()
-    config.init_checkpoint = str(init_checkpoint)
-    config.num_classes = 5
-    config.batch_size = 8
-    config.num_train_steps = 6
-    config.learning_rate = 0.1
-    for k, v in overrides.items():
-        config[k] = v
-    return config
-
-
-def _state(config):
-    config, init = finetune.resolve_config(config)
-    tx = finetune.create_optimizer(config, optim.create_optimizer(config, 6))
-    state = train.create_train_state(jax.random.key(1), build_model(config), tx, (32, 32, 3))
-    return config, finetune.initialize(config, state, init)
+_backbone = functools.partial(backbone_checkpoint, spec=CIFAR_SPEC)
+_config = functools.partial(finetune_config, num_train_steps=6, learning_rate=0.1)
+_state = finetune_state
 
 
 def _steps(config, state, n=6):
@@ -67,22 +46,16 @@ def _backbone_of(tree):
     return {k: v for k, v in tree.items() if k != "head"}
 
 
-def _assert_bitwise(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
-
-
 def test_frozen_backbone_is_bitwise_unchanged_and_the_head_trains(tmp_path):
     path, source = _backbone(tmp_path / "backbone")
     config, state = _state(_config(path))
     assert config.model == "resnet20" and tuple(config.mean) == tuple(CIFAR_SPEC["mean"])
     assert state.params["head"]["kernel"].shape == (64, 5)
-    _assert_bitwise(_backbone_of(source["params"]), _backbone_of(state.params))  # restored
+    chex.assert_trees_all_equal(_backbone_of(source["params"]), _backbone_of(state.params))  # restored
     head_before = np.asarray(state.params["head"]["kernel"])
     state, losses = _steps(config, state)
-    _assert_bitwise(_backbone_of(source["params"]), _backbone_of(state.params))
-    _assert_bitwise(source["batch_stats"], state.batch_stats)
+    chex.assert_trees_all_equal(_backbone_of(source["params"]), _backbone_of(state.params))
+    chex.assert_trees_all_equal(source["batch_stats"], state.batch_stats)
     assert not np.array_equal(head_before, state.params["head"]["kernel"])
     assert losses[-1] < losses[0]
 
@@ -96,8 +69,8 @@ def test_seed_head_dense_relu_dense_trains_on_a_frozen_backbone(tmp_path):
     before = {k: np.asarray(state.params[k]["kernel"]) for k in ("head", "head_hidden")}
     state, losses = _steps(config, state)
     backbone = {k: v for k, v in state.params.items() if k not in before}
-    _assert_bitwise(_backbone_of(source["params"]), backbone)
-    _assert_bitwise(source["batch_stats"], state.batch_stats)
+    chex.assert_trees_all_equal(_backbone_of(source["params"]), backbone)
+    chex.assert_trees_all_equal(source["batch_stats"], state.batch_stats)
     for k, kernel in before.items():
         assert not np.array_equal(kernel, state.params[k]["kernel"]), k
     assert losses[-1] < losses[0]
@@ -111,6 +84,32 @@ def test_fine_tuning_everything_changes_backbone_and_statistics(tmp_path):
     assert not np.array_equal(kernel, source["params"]["stage1_block0"]["conv1"]["kernel"])
     mean = state.batch_stats["stem_bn"]["mean"]
     assert not np.array_equal(mean, source["batch_stats"]["stem_bn"]["mean"])
+
+
+@pytest.mark.parametrize(
+    "source, overrides, norm, frozen_up_to",
+    [
+        ("frozen_batch", dict(freeze_backbone=False, freeze_up_to="stage1"), "batch", "stage1"),
+        ("frozen_batch", dict(freeze_backbone=False), "batch", "none"),
+        ("group", dict(freeze_backbone=True), "group", "none"),
+        ("group", dict(freeze_backbone=False, freeze_up_to="stage2"), "group", "none"),
+    ],
+)
+def test_the_norm_follows_the_checkpoint_and_what_is_frozen(tmp_path, source, overrides, norm, frozen_up_to):
+    """A frozen run's backbone fine-tunes with live BatchNorm where unfrozen; GroupNorm stays GroupNorm."""
+    name = "resnet18" if source == "group" else "resnet20"
+    model = create_model(name, norm=source)
+    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
+    meta = make_meta(name, model, preprocess=CIFAR_SPEC, origin="resnet-jax", step=0)
+    path = save_checkpoint(tmp_path / "backbone", variables, meta)
+    config, init = finetune.resolve_config(_config(path, **overrides))
+    built = build_model(config)
+    assert (built.norm, built.norm_frozen_up_to) == (norm, frozen_up_to)
+    if source == "group":  # params restored, no statistics expected or made up
+        fresh = train.create_train_state(jax.random.key(1), built, optax.sgd(0.1), (32, 32, 3))
+        state = finetune.initialize(config, fresh, init)
+        assert state.batch_stats == {}
+        chex.assert_trees_all_equal(_backbone_of(variables["params"]), _backbone_of(state.params))
 
 
 def test_mismatched_restore_fails_listing_the_keys(tmp_path):
@@ -159,8 +158,8 @@ def test_fine_tune_run_end_to_end(tmp_path):
     assert result["step"] == 8
     model, variables = load_checkpoint(workdir)
     assert model.num_classes == 5
-    _assert_bitwise(_backbone_of(source["params"]), _backbone_of(variables["params"]))
-    _assert_bitwise(source["batch_stats"], variables["batch_stats"])
+    chex.assert_trees_all_equal(_backbone_of(source["params"]), _backbone_of(variables["params"]))
+    chex.assert_trees_all_equal(source["batch_stats"], variables["batch_stats"])
     assert evaluate(workdir)["accuracy"] == result["test_accuracy"]
     assert os.path.exists(os.path.join(workdir, "config.json"))
     # Independently of the eval program: the checkpoint alone, on raw uint8 test images, counted in numpy.

@@ -17,7 +17,6 @@ import pytest
 
 from resnet_jax.checkpoint import load_checkpoint
 from train import metrics as metrics_lib
-from train import testing
 
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
@@ -69,9 +68,10 @@ def _run_single(workdir, data_dir, *extra):
     return out
 
 
-def _run_two_processes(workdir, data_dir, *extra):
+def _start_two_processes(workdir, data_dir, *extra):
+    """Two processes of 4 devices each, one coordinator, started (not waited for)."""
     port = _free_port()
-    procs = [
+    return [
         subprocess.Popen(
             _command(
                 workdir,
@@ -90,6 +90,10 @@ def _run_two_processes(workdir, data_dir, *extra):
         )
         for i in range(2)
     ]
+
+
+def _run_two_processes(workdir, data_dir, *extra):
+    procs = _start_two_processes(workdir, data_dir, *extra)
     outputs = []
     try:
         for p in procs:
@@ -100,13 +104,6 @@ def _run_two_processes(workdir, data_dir, *extra):
     for p, (_, stderr) in zip(procs, outputs, strict=True):
         assert p.returncode == 0, stderr[-3000:]
     return outputs
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fake_tfds")
-    testing.write_fake_dataset(str(path), num_train=64, num_test=20)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -162,28 +159,9 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_step(tmp_path, d
     import time
 
     workdir = tmp_path / "preempted"
-    port = _free_port()
     extra = ["--config.num_train_steps=5000", "--config.eval_every_steps=-1", "--config.log_every_steps=1",
              "--config.checkpoint_every_steps=2500"]  # fmt: skip
-    procs = [
-        subprocess.Popen(
-            _command(
-                workdir,
-                data_dir,
-                "--config.distributed=True",
-                f"--config.coordinator_address=127.0.0.1:{port}",
-                "--config.num_processes=2",
-                f"--config.process_id={i}",
-                *extra,
-            ),
-            env=_env(4),
-            cwd=REPO,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
+    procs = _start_two_processes(workdir, data_dir, *extra)
     try:
         deadline = time.time() + TIMEOUT_S
         metrics = workdir / "metrics.jsonl"
@@ -203,7 +181,7 @@ def test_sigterm_to_one_process_stops_every_process_at_the_same_step(tmp_path, d
 
 @pytest.fixture(scope="module")
 def image_folder(tmp_path_factory):
-    from test_streaming_train import write_image_folder
+    from tests.helpers import write_image_folder
 
     root = tmp_path_factory.mktemp("folder")
     write_image_folder(root)

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 import resnet_jax
-from configs import smoke
 from resnet_jax.checkpoint import CheckpointError, RunCheckpoints
+from tests.helpers import saved_state, smoke_config
 from train import metrics as metrics_lib
 from train import train
 from train.configuration import ConfigError
@@ -27,36 +26,7 @@ from train.run_state import TrainingDiverged
 from train.testing import write_fake_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    cache = str(tmp_path_factory.mktemp("jax_cache"))
-    old = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    yield cache
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("fake_tfds"))
-    write_fake_dataset(d, num_train=64, num_test=20)
-    return d
-
-
-def config(data_dir, **overrides):
-    c = smoke.get_config()
-    c.dataset, c.data_dir = "fake_cifar", data_dir
-    for k, v in overrides.items():
-        c[k] = v
-    return c
-
-
-def saved_state(workdir, step):
-    return ocp.StandardCheckpointer().restore(Path(workdir) / "checkpoints" / str(step) / "state")
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def all_finite(tree):
@@ -67,7 +37,7 @@ def test_best_checkpoint_survives_two_restarts(data_dir, tmp_path):
     # keep_checkpoints=1: only the latest and the best stay. Evaluations at every 2 steps.
     c = dict(keep_checkpoints=1, eval_every_steps=2, checkpoint_every_steps=2)
     for stop in (4, 8, -1):  # two restarts
-        train.train_and_evaluate(config(data_dir, stop_after_steps=stop, **c), str(tmp_path))
+        train.train_and_evaluate(smoke_config(data_dir, stop_after_steps=stop, **c), str(tmp_path))
     tests = [r for r in metrics_lib.read_metrics(str(tmp_path / "metrics.jsonl")) if r["split"] == "test"]
     best = max(r["accuracy"] for r in tests)
     kept = RunCheckpoints(str(tmp_path), 1).all_steps()
@@ -79,13 +49,13 @@ def test_best_checkpoint_survives_two_restarts(data_dir, tmp_path):
 
 
 def test_divergence_stops_without_saving_and_keeps_the_good_checkpoints(data_dir, tmp_path):
-    train.train_and_evaluate(config(data_dir, stop_after_steps=8), str(tmp_path))
+    train.train_and_evaluate(smoke_config(data_dir, stop_after_steps=8), str(tmp_path))
     good = RunCheckpoints(str(tmp_path), 2).all_steps()
     assert good == [6, 8]  # keep_checkpoints=2 of the saves at 4, 6 (evaluated) and 8
     before = {s: saved_state(tmp_path, s) for s in good}
     # Resumed with a learning rate that blows up: stops with the step and the last good checkpoint.
     with pytest.raises(TrainingDiverged, match=r"non-finite at step \d+.*last good checkpoint is step 8"):
-        train.train_and_evaluate(config(data_dir, learning_rate=1e6), str(tmp_path))
+        train.train_and_evaluate(smoke_config(data_dir, learning_rate=1e6), str(tmp_path))
     assert RunCheckpoints(str(tmp_path), 2).all_steps() == good
     for s in good:
         after = saved_state(tmp_path, s)
@@ -133,7 +103,7 @@ def test_flipped_bytes_in_a_saved_array_are_detected_on_load(tmp_path):
 
 def test_bad_input_leaves_the_workdir_untouched(data_dir, tmp_path):
     workdir = tmp_path / "run"
-    train.train_and_evaluate(config(data_dir, stop_after_steps=4), str(workdir))
+    train.train_and_evaluate(smoke_config(data_dir, stop_after_steps=4), str(workdir))
     snapshot = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
     bad = [
         (dict(data_dir=str(tmp_path / "nothing")), "holds no prepared copy"),
@@ -146,14 +116,14 @@ def test_bad_input_leaves_the_workdir_untouched(data_dir, tmp_path):
     ]
     for overrides, message in bad:
         with pytest.raises((ConfigError, CheckpointError, Exception), match=message) as e:
-            c = config(data_dir)
+            c = smoke_config(data_dir)
             c.update(overrides)
             train.train_and_evaluate(c, str(workdir))
         assert "delete" not in str(e.value), "never advise deleting a good checkpoint"
         assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == snapshot, overrides
     # A fresh workdir given bad input is not even created.
     with pytest.raises(Exception, match="num_classes=5"):
-        train.train_and_evaluate(config(data_dir, num_classes=5), str(tmp_path / "new"))
+        train.train_and_evaluate(smoke_config(data_dir, num_classes=5), str(tmp_path / "new"))
     assert not (tmp_path / "new").exists()
 
 
@@ -166,7 +136,7 @@ def test_empty_or_file_workdir_is_rejected(data_dir, tmp_path, workdir, message)
         workdir = str(tmp_path / workdir)
         Path(workdir).write_text("not a directory")
     with pytest.raises(ConfigError, match=message):
-        train.train_and_evaluate(config(data_dir), workdir)
+        train.train_and_evaluate(smoke_config(data_dir), workdir)
 
 
 def test_predict_rejects_raw_float_pixels_and_non_finite_input():

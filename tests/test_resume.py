@@ -14,80 +14,31 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
-from configs import smoke
 from resnet_jax.checkpoint import RunCheckpoints
+from tests.helpers import assert_same_run, logged, saved_state, smoke_config
 from train import metrics as metrics_lib
 from train import train
-from train.testing import write_fake_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    # Every run compiles the same programs; the persistent cache makes the repeats (and the CLI
-    # subprocesses, through the environment) load them instead of compiling again.
-    cache = str(tmp_path_factory.mktemp("jax_cache"))
-    old = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
-    jax.config.update("jax_compilation_cache_dir", cache)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    yield cache
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = str(tmp_path_factory.mktemp("fake_tfds"))
-    write_fake_dataset(d, num_train=64, num_test=20)
-    return d
-
-
-def config(data_dir, **overrides):
-    c = smoke.get_config()
-    c.dataset, c.data_dir = "fake_cifar", data_dir
-    for k, v in overrides.items():
-        c[k] = v
-    return c
-
-
-def final_state(workdir, step=12):
-    return ocp.StandardCheckpointer().restore(Path(workdir) / "checkpoints" / str(step) / "state")
-
-
-def logged(workdir):
-    # Throughput is wall-clock; every other logged value must match exactly.
-    return [
-        {k: v for k, v in r.items() if k != "img_per_sec"}
-        for r in metrics_lib.read_metrics(os.path.join(workdir, "metrics.jsonl"))
-    ]
-
-
-def assert_same_run(workdir_a, workdir_b):
-    a, b = final_state(workdir_a), final_state(workdir_b)
-    for key in ("params", "batch_stats", "opt_state", "step"):
-        for x, y in zip(jax.tree.leaves(a[key]), jax.tree.leaves(b[key]), strict=True):
-            np.testing.assert_array_equal(x, y, err_msg=key)
-    assert logged(workdir_a) == logged(workdir_b)
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 @pytest.fixture(scope="module")
 def uninterrupted(data_dir, tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    result = train.train_and_evaluate(config(data_dir), workdir)
+    result = train.train_and_evaluate(smoke_config(data_dir), workdir)
     assert result["step"] == 12 and result["stopped_by"] is None
     return workdir
 
 
 def test_stop_mid_window_and_resume_is_bitwise_identical(data_dir, uninterrupted, tmp_path):
     # Step 5 is between checkpoints (4, 8) and inside a logging window (4..6).
-    stopped = train.train_and_evaluate(config(data_dir, stop_after_steps=5), str(tmp_path))
+    stopped = train.train_and_evaluate(smoke_config(data_dir, stop_after_steps=5), str(tmp_path))
     assert stopped["stopped_by"] == "stop_after_steps" and stopped["step"] == 5
     assert RunCheckpoints(str(tmp_path), 2).latest_step() == 5
-    resumed = train.train_and_evaluate(config(data_dir), str(tmp_path))
+    resumed = train.train_and_evaluate(smoke_config(data_dir), str(tmp_path))
     assert resumed["step"] == 12 and resumed["stopped_by"] is None
     assert_same_run(uninterrupted, tmp_path)
 
@@ -108,12 +59,12 @@ def test_kill_between_checkpoints_resumes_from_the_last_one(
 
     monkeypatch.setattr(metrics_lib.MetricsWriter, "write", write_then_die)
     with pytest.raises(Killed):
-        train.train_and_evaluate(config(data_dir), str(tmp_path))
+        train.train_and_evaluate(smoke_config(data_dir), str(tmp_path))
     monkeypatch.setattr(metrics_lib.MetricsWriter, "write", original)
     assert max(r["step"] for r in logged(tmp_path)) == 10
     time.sleep(1)  # let the killed run's background save of step 8 land, as it would have on disk
     capsys.readouterr()
-    train.train_and_evaluate(config(data_dir), str(tmp_path))
+    train.train_and_evaluate(smoke_config(data_dir), str(tmp_path))
     assert f"resuming from {tmp_path}/checkpoints/8 (step 8 of 12)" in capsys.readouterr().out
     assert_same_run(uninterrupted, tmp_path)
 
@@ -126,7 +77,7 @@ def test_half_written_checkpoint_is_never_latest(data_dir, uninterrupted, tmp_pa
     (partial / "state" / "junk").write_bytes(b"\0" * 10)
     assert RunCheckpoints(str(workdir), 2).latest_step() == 12
     # Rerunning the finished command resumes at 12: nothing to train, the logged final result stands.
-    result = train.train_and_evaluate(config(data_dir), str(workdir))
+    result = train.train_and_evaluate(smoke_config(data_dir), str(workdir))
     assert result["step"] == 12 and result["test_accuracy"] == logged(uninterrupted)[-1]["accuracy"]
 
 
@@ -139,7 +90,7 @@ def test_corrupted_latest_checkpoint_is_named_set_aside_and_the_run_resumes_from
     for f in (latest / "state").rglob("*"):
         if f.is_file() and f.parent.name == "d":  # the array data files
             f.write_bytes(b"corrupted")
-    result = train.train_and_evaluate(config(data_dir), str(workdir))
+    result = train.train_and_evaluate(smoke_config(data_dir), str(workdir))
     out = capsys.readouterr().out
     # Named in one line, moved aside (not deleted), and the run resumed from the newest intact one.
     assert "checkpoint step 12 is corrupt" in out and "resuming from" in out and "(step 8 of 12)" in out
@@ -189,6 +140,6 @@ def test_cli_sigterm_saves_at_the_next_step_and_rerun_resumes(
     assert f"resuming from {tmp_path}/checkpoints/{stopped_at}" in done.stdout
     assert "final: test accuracy" in done.stdout.strip().splitlines()[-1]
     assert (tmp_path / "curves.png").exists() and (tmp_path / "config.json").exists()
-    a, b = final_state(uninterrupted), final_state(tmp_path)
+    a, b = saved_state(uninterrupted), saved_state(tmp_path)
     for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"]), strict=True):
         np.testing.assert_array_equal(x, y)

@@ -13,28 +13,15 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from PIL import Image
 
 from configs import smoke
 from resnet_jax.checkpoint import load_checkpoint
+from tests.helpers import CLASSES, assert_same_run, saved_state, write_image_folder
 from train import streaming, train
 from train.configuration import ConfigError, validate_config
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSES = ("cat", "dog", "frog", "ship")
-
-# The exact-resume helpers and the compilation cache of the in-memory resume tests apply unchanged.
-from test_resume import assert_same_run, compilation_cache, final_state  # noqa: E402, F401
-
-
-def write_image_folder(root: Path, num_train: int = 64, num_test: int = 20, seed: int = 0) -> None:
-    """root/train/<class>/<i>.png and root/test/<class>/<i>.png: random 32x32 RGB images, 4 classes."""
-    rng = np.random.default_rng(seed)
-    for split, n in (("train", num_train), ("test", num_test)):
-        for i in range(n):
-            folder = root / split / CLASSES[i % len(CLASSES)]
-            folder.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +67,7 @@ def test_checkpoint_meta_holds_the_folder_class_names_and_image_size(uninterrupt
 
 def test_worker_processes_train_the_same_params(folder, uninterrupted, tmp_path):
     train.train_and_evaluate(config(folder, num_workers=2), str(tmp_path))
-    a, b = final_state(uninterrupted), final_state(tmp_path)
+    a, b = saved_state(uninterrupted), saved_state(tmp_path)
     for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"]), strict=True):
         np.testing.assert_array_equal(x, y)
 

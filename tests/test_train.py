@@ -15,6 +15,7 @@ from jax.sharding import PartitionSpec as P
 from configs import smoke
 from resnet_jax import ResNet
 from resnet_jax.preprocess import normalize
+from tests.helpers import smoke_config
 from train import metrics as metrics_lib
 from train import optim, train
 from train.configuration import ConfigError, build_model, validate_config
@@ -151,23 +152,8 @@ def test_validate_config_lists_every_problem():
         validate_config(module.get_config(), 8)
 
 
-@pytest.fixture(scope="session")
-def fake_data_dir(tmp_path_factory):
-    data_dir = str(tmp_path_factory.mktemp("fake_tfds"))
-    write_fake_dataset(data_dir, num_train=64, num_test=20)
-    return data_dir
-
-
-def smoke_config(data_dir, **overrides):
-    c = smoke.get_config()
-    c.dataset, c.data_dir = "fake_cifar", data_dir
-    for k, v in overrides.items():
-        c[k] = v
-    return c
-
-
-def test_train_and_evaluate_writes_everything(fake_data_dir, tmp_path):
-    c = smoke_config(fake_data_dir)
+def test_train_and_evaluate_writes_everything(data_dir, tmp_path):
+    c = smoke_config(data_dir)
     result = train.train_and_evaluate(c, str(tmp_path))
     assert result["step"] == 12 and result["stopped_by"] is None and 0 <= result["test_accuracy"] <= 1
     records = metrics_lib.read_metrics(str(tmp_path / "metrics.jsonl"))

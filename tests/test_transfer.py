@@ -4,6 +4,7 @@ import functools
 import json
 import os
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,43 +12,20 @@ import pytest
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from configs import finetune_cifar10, finetune_cifar10_seed, smoke
-from resnet_jax import create_model, make_predict_fn
+from configs import finetune_cifar10_seed, smoke
+from resnet_jax import make_predict_fn
 from resnet_jax.checkpoint import load_checkpoint, make_meta, save_checkpoint
 from resnet_jax.preprocess import normalize, resize_images
-from train import features, finetune, input_pipeline, optim, programs, testing, train
+from tests.helpers import backbone_checkpoint, finetune_config, finetune_state
+from train import features, finetune, input_pipeline, programs, testing, train
 from train.configuration import ConfigError, build_model, validate_config
 
 SPEC = {"kind": "mean_std", "mean": [0.5, 0.45, 0.4], "std": [0.25, 0.25, 0.25]}
 
 
-def _backbone(directory, head_hidden=0, **kwargs):
-    """A resnet20 checkpoint (10 classes) with non-trivial BatchNorm statistics."""
-    model = create_model("resnet20", head_hidden=head_hidden, **kwargs)
-    variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
-    stats = jax.tree.map(lambda x: x + 0.25, variables["batch_stats"])
-    variables = {"params": variables["params"], "batch_stats": stats}
-    meta = make_meta("resnet20", model, preprocess=SPEC, origin="resnet-jax", step=0)
-    return save_checkpoint(directory, variables, meta), variables
-
-
-def _config(init_checkpoint, **overrides):
-    config = finetune_cifar10.get_config()
-    config.init_checkpoint = str(init_checkpoint)
-    config.num_classes = 5
-    config.batch_size = 8
-    config.eval_batch_size = 8
-    config.num_train_steps = 4
-    for k, v in overrides.items():
-        config[k] = v
-    return config
-
-
-def _state(config, image_size=32):
-    config, init = finetune.resolve_config(config)
-    tx = finetune.create_optimizer(config, optim.create_optimizer(config, config.num_train_steps))
-    state = train.create_train_state(jax.random.key(1), build_model(config), tx, (image_size,) * 2 + (3,))
-    return config, finetune.initialize(config, state, init)
+_backbone = functools.partial(backbone_checkpoint, spec=SPEC)
+_config = functools.partial(finetune_config, num_train_steps=4)
+_state = finetune_state
 
 
 def _split(n, seed, size=32):
@@ -57,12 +35,6 @@ def _split(n, seed, size=32):
 
 def _without(tree, names):
     return {k: v for k, v in tree.items() if k not in names}
-
-
-def _assert_bitwise(a, b):
-    assert jax.tree.structure(a) == jax.tree.structure(b)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_cached_features_train_the_head_as_the_whole_network_does(tmp_path):
@@ -118,7 +90,7 @@ def test_cached_features_train_the_head_as_the_whole_network_does(tmp_path):
     logits = [logits_of(s) for s in (s_img, s_feat)]
     assert not np.allclose(logits[0], logits_of(state), atol=1e-3)  # the head moved
     np.testing.assert_allclose(logits[0], logits[1], atol=1e-5)
-    _assert_bitwise(
+    chex.assert_trees_all_equal(
         _without(s_img.params, ("head", "head_hidden")), _without(s_feat.params, ("head", "head_hidden"))
     )
     np.testing.assert_allclose(float(sums_img["loss"]), float(sums_feat["loss"]), rtol=1e-5)
@@ -155,7 +127,9 @@ def test_resized_run_predicts_raw_images_as_its_eval_step_did(tmp_path, capsys):
     assert "features not cached: pad=4" in capsys.readouterr().out
     model, variables = load_checkpoint(workdir)
     assert model.image_size == (64, 64)
-    _assert_bitwise(_without(source["params"], ("head",)), _without(variables["params"], ("head",)))
+    chex.assert_trees_all_equal(
+        _without(source["params"], ("head",)), _without(variables["params"], ("head",))
+    )
     from train import tfds_data
     from train.eval import evaluate
 
@@ -180,9 +154,9 @@ def test_cached_run_resumes_and_saves_the_whole_model(tmp_path):
     resumed = train.train_and_evaluate(config, str(tmp_path / "resumed"))
     assert resumed["test_accuracy"] == whole["test_accuracy"]
     (_, a), (_, b) = load_checkpoint(str(tmp_path / "whole")), load_checkpoint(str(tmp_path / "resumed"))
-    _assert_bitwise(a, b)
+    chex.assert_trees_all_equal(a, b)
     heads = ("head", "head_hidden")
-    _assert_bitwise(_without(source["params"], heads), _without(b["params"], heads))
+    chex.assert_trees_all_equal(_without(source["params"], heads), _without(b["params"], heads))
     assert not np.array_equal(source["params"]["head_hidden"]["kernel"], b["params"]["head_hidden"]["kernel"])
     with open(tmp_path / "resumed" / "metrics.jsonl") as f:
         assert [json.loads(line)["step"] for line in f if '"train"' in line] == [2, 4]
@@ -201,9 +175,11 @@ def test_partial_freeze_keeps_early_parts_bitwise_and_scales_the_backbone_rate(t
     for i in range(2):
         s, _ = step(s, batch, jax.random.key(i))
     frozen = ("stem_conv", "stem_bn", "stage1_block0", "stage1_block1", "stage1_block2")
-    _assert_bitwise({k: source["params"][k] for k in frozen}, {k: s.params[k] for k in frozen})
+    chex.assert_trees_all_equal({k: source["params"][k] for k in frozen}, {k: s.params[k] for k in frozen})
     stats = [k for k in frozen if k in source["batch_stats"]]
-    _assert_bitwise({k: source["batch_stats"][k] for k in stats}, {k: s.batch_stats[k] for k in stats})
+    chex.assert_trees_all_equal(
+        {k: source["batch_stats"][k] for k in stats}, {k: s.batch_stats[k] for k in stats}
+    )
     for path_ in (
         ("stage2_block0", "conv1", "kernel"),
         ("stage3_block2", "conv2", "kernel"),
@@ -237,7 +213,7 @@ def test_heads_of_every_shape_round_trip(tmp_path, source_hidden, target_hidden)
     path, source = _backbone(tmp_path / "backbone", head_hidden=source_hidden)
     config, state = _state(_config(path, head_hidden=target_hidden))
     heads = ("head", "head_hidden")
-    _assert_bitwise(_without(source["params"], heads), _without(state.params, heads))
+    chex.assert_trees_all_equal(_without(source["params"], heads), _without(state.params, heads))
     assert ("head_hidden" in state.params) == bool(target_hidden)
     assert state.params["head"]["kernel"].shape == (target_hidden or 64, 5)
     if source_hidden and target_hidden:  # even of the same shape: a new head (trained for other classes)

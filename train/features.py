@@ -13,8 +13,8 @@ the backbone untouched, so checkpoints, resume, metrics and `make_predict_fn` wo
 
 Augmentation: a random flip is served by caching the mirror image's features too (the step picks,
 per example, with the same random draw `input_pipeline.augment` makes). A random crop (pad > 0)
-cannot be cached, so such runs, dropout in the backbone, and streaming pipelines fall back to the
-uncached step (`should_cache` says why in one line).
+cannot be cached, so such runs, and dropout in the backbone, fall back to the uncached step
+(`should_cache` says why in one line). Streaming pipelines: see train/streaming_features.py.
 """
 
 from __future__ import annotations
@@ -34,8 +34,12 @@ from train import input_pipeline, programs
 from train.train import cross_entropy, eval_sums
 
 
-def should_cache(config: Any, pipeline: Any) -> tuple[bool, str | None]:
+def should_cache(config: Any, pipeline: Any, feature_width: int = 0) -> tuple[bool, str | None]:
     """Whether this run trains its head on cached features, and a one-line notice when it cannot.
+
+    Args:
+      config, pipeline: the run's.
+      feature_width: width of the pooled features, for the memory check (0: not checked).
 
     Returns:
       (use the cache, notice): the notice is None when the cache is used or was not asked for (no
@@ -46,15 +50,35 @@ def should_cache(config: Any, pipeline: Any) -> tuple[bool, str | None]:
     if not (config.cache_features and config.init_checkpoint and frozen_part(config) == "all"):
         return False, None
     off = "--config.cache_features=False to silence this"
-    if not isinstance(pipeline, input_pipeline.InMemoryPipeline):
-        why = "the streaming pipeline augments on the host"
-    elif config.pad > 0:
+    in_memory = isinstance(pipeline, input_pipeline.InMemoryPipeline)
+    if not in_memory and pipeline.train_transform.random:
+        why = (
+            f"train_transform={pipeline.train_transform.name!r} augments at random on the host (pass "
+            "--config.train_transform=resize_shorter_center_crop or resize to cache)"
+        )
+    elif in_memory and config.pad > 0:
         why = f"pad={config.pad} crops at random and crops cannot be cached (pass --config.pad=0 to cache)"
     elif config.model_kwargs.get("dropout_rate", 0.0):
         why = "the backbone has dropout, which differs every step"
     else:
-        return True, None
+        copies = 1 + (in_memory and config.flip)  # the in-memory cache holds the mirror images' too
+        fits, why = fits_on_device(pipeline.num_train_examples, feature_width, copies=copies)
+        if fits:
+            return True, None
     return False, f"features not cached: {why}; the whole network runs every step ({off})"
+
+
+def fits_on_device(
+    num_examples: int, feature_width: int, *, copies: int = 1, bytes_limit: int | None = None
+) -> tuple[bool, str]:
+    """Whether `copies` [num_examples, feature_width] float32 tables fit in half of a device's memory, and a
+    line saying why not. bytes_limit: the device's memory; default the first device's own report (a CPU
+    reports none: then it always fits)."""
+    nbytes = num_examples * feature_width * 4 * copies
+    limit = bytes_limit or (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
+    if limit and nbytes > limit // 2:
+        return False, f"{nbytes / 2**30:.1f} GiB of features exceed half a device's {limit / 2**30:.1f} GiB"
+    return True, ""
 
 
 def extract(
@@ -181,6 +205,11 @@ class FeaturePipeline:
 
     def close(self) -> None:
         self.base.close()
+
+
+def pooled_width(params: dict[str, Any]) -> int:
+    """The width of the pooled features the head of these parameters takes."""
+    return params["head_hidden" if "head_hidden" in params else "head"]["kernel"].shape[0]
 
 
 def _head_params(state: Any) -> dict[str, Any]:

@@ -49,6 +49,14 @@ def _read(
     return transform(record["image"], rng, name), int(record["label"])
 
 
+def train_index(position: int, *, seed: int, examples_per_epoch: int, num_examples: int) -> int:
+    """The source index of global training position `position` (see the module docstring)."""
+    epoch, k = divmod(position, examples_per_epoch)
+    return grain.experimental.index_shuffle(
+        k, max_index=num_examples - 1, seed=epoch_seed(seed, epoch), rounds=4
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class _TrainExample:
     """Local position j of this process's stream -> its training example (picklable for workers)."""
@@ -65,9 +73,11 @@ class _TrainExample:
     def __call__(self, j: int) -> dict[str, np.ndarray]:
         step, row = divmod(j, self.local_batch_size)
         position = step * self.batch_size + self.process_index * self.local_batch_size + row
-        epoch, k = divmod(position, self.examples_per_epoch)
-        index = grain.experimental.index_shuffle(
-            k, max_index=len(self.source) - 1, seed=epoch_seed(self.seed, epoch), rounds=4
+        index = train_index(
+            position,
+            seed=self.seed,
+            examples_per_epoch=self.examples_per_epoch,
+            num_examples=len(self.source),
         )
         rng = image_ops.example_rng(self.seed, position) if self.transform.random else None
         image, label = _read(self.source, self.source_name, index, self.transform, rng)
@@ -229,9 +239,7 @@ class StreamingPipeline:
             "std": [float(v) for v in std],
         }
         self.num_train_examples = len(train_source)
-        self.num_eval_examples = len(eval_source)
         self.steps_per_epoch = self.num_train_examples // batch_size
-        self.eval_steps = -(-self.num_eval_examples // eval_batch_size)
         self.class_names = class_names_of(train_source)
         if self.class_names is not None and num_classes is not None:
             check_num_classes(self.class_names, num_classes, describe(train_source))
@@ -289,18 +297,24 @@ class StreamingPipeline:
         ds = grain.MapDataset.range(_ENDLESS).map(example).batch(self.local_batch_size, drop_remainder=True)
         return self._iterate(ds[start_step:])
 
-    def local_eval_batches(self) -> grain.IterDataset:
-        """This process's rows of each eval batch: numpy {'image', 'label', 'mask'}, [Be / P, ...]."""
+    def local_eval_batches(self, split: str = "eval") -> grain.IterDataset:
+        """This process's rows of each eval batch: numpy {'image', 'label', 'mask'}, [Be / P, ...].
+
+        split 'train' reads the training source in file order through its (non-random) train transform.
+        """
+        source, transform = (self.train_source, self.train_transform) if split == "train" else (
+            self.eval_source, self.eval_transform)  # fmt: skip
         example = _EvalExample(
-            self.eval_source,
-            describe(self.eval_source),
-            self.eval_transform,
+            source,
+            describe(source),
+            transform,
             self.eval_batch_size,
             self.local_eval_batch_size,
             self.process_index,
             self.image_shape,
         )
-        ds = grain.MapDataset.range(self.eval_steps * self.local_eval_batch_size).map(example)
+        steps = -(-len(source) // self.eval_batch_size)
+        ds = grain.MapDataset.range(steps * self.local_eval_batch_size).map(example)
         return self._iterate(ds.batch(self.local_eval_batch_size, drop_remainder=True))
 
     def _to_devices(self, ds: grain.IterDataset, spec: PartitionSpec, lead_axis: bool) -> Iterator:
@@ -334,10 +348,11 @@ class StreamingPipeline:
         del step
         return inputs
 
-    def eval_inputs(self) -> Iterator[dict[str, jax.Array]]:
-        """The eval split exactly once: {'image': uint8 [1, Be, H, W, 3], 'label': int32 [1, Be],
-        'mask': float32 [1, Be]}, batch axis sharded over 'data'; padding rows have mask 0."""
-        return self._to_devices(self.local_eval_batches(), PartitionSpec(None, "data"), True)
+    def eval_inputs(self, split: str = "eval") -> Iterator[dict[str, jax.Array]]:
+        """The eval split (or 'train', see local_eval_batches) exactly once: {'image': uint8 [1, Be, H, W,
+        3], 'label': int32 [1, Be], 'mask': float32 [1, Be]}, batch axis sharded over 'data'; padding
+        rows have mask 0."""
+        return self._to_devices(self.local_eval_batches(split), PartitionSpec(None, "data"), True)
 
     def close(self) -> None:
         """Stops every iterator this pipeline handed out (threads and worker processes)."""

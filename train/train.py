@@ -163,21 +163,22 @@ def _cached_programs(config, model, run, pipeline, mesh, mean, std, aug_key):
     """The train and eval programs over cached features; `run.pipeline` becomes the FeaturePipeline."""
     from train import features
 
-    run.pipeline = features.FeaturePipeline.build(
-        pipeline,
-        model,
-        run.state,
-        mean=mean,
-        std=std,
-        mesh=mesh,
-        batch_size=config.eval_batch_size,
-        flip=config.flip,
-        eval_hflip=config.eval_hflip,
-        progress=config.progress_bar and run.is_main,
-    )
+    progress = config.progress_bar and run.is_main
+    flip = config.flip and pipeline.device_augment  # a streaming pipeline never flips on the device
+    if pipeline.device_augment:
+        run.pipeline = features.FeaturePipeline.build(
+            pipeline, model, run.state, mean=mean, std=std, mesh=mesh, batch_size=config.eval_batch_size,
+            flip=flip, eval_hflip=config.eval_hflip, progress=progress,
+        )  # fmt: skip
+    else:
+        from train.streaming_features import StreamingFeaturePipeline
+
+        run.pipeline = StreamingFeaturePipeline.build(
+            pipeline, model, run.state, mean=mean, std=std, eval_hflip=config.eval_hflip, progress=progress
+        )
     head = model.head_module()
     step_fn = functools.partial(
-        features.head_train_step, head=head, flip=config.flip, label_smoothing=config.label_smoothing
+        features.head_train_step, head=head, flip=flip, label_smoothing=config.label_smoothing
     )
     run_train = programs.make_train_fn(step_fn, mesh, run.pipeline.device_batch, aug_key)
     return run_train, features.make_eval_fn(mesh, head, hflip=config.eval_hflip)
@@ -236,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         if init is not None:
             from train import features
 
-            cached, notice = features.should_cache(config, pipeline)
+            cached, notice = features.should_cache(config, pipeline, features.pooled_width(run.state.params))
             if notice:
                 run.say(notice)
         if cached:  # the frozen backbone runs once here; the steps apply only the head
