@@ -5,8 +5,8 @@ SGD with Nesterov momentum 0.9, batch 128, weight decay 5e-4, lr 0.1 divided by 
 The authors' Torch code decays every parameter (optim.sgd's weightDecay), BatchNorm's included.
 
 Dropout: the paper's best CIFAR-10 result uses dropout 0.3 between the convs of each block
-(`--config.model_kwargs.dropout_rate=0.3`). It needs the train step to pass rngs={'dropout': key} to
-model.apply when train=True; evaluation (train=False) needs no rng.
+(`--config.model_kwargs.dropout_rate=0.3`); train_step draws each step's dropout key from the step's own
+key, so a resumed run drops the same units. Evaluation (train=False) has no dropout.
 """
 
 from configs import default

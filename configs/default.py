@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.data_dir = config_dict.placeholder(str)
     c.train_split = "train"
     c.eval_split = "test"
-    c.num_classes = 10
+    c.num_classes = 10  # 0: the data's own count (image folders: their subfolders; tfds: its label feature)
     # 'mean_std': per-channel (img/255 - mean)/std; 'per_pixel': subtract the training set's mean
     # image (the paper's "per-pixel mean subtracted"), then divide by the per-channel std.
     c.normalization = "mean_std"

@@ -43,6 +43,19 @@ def test_stop_mid_window_and_resume_is_bitwise_identical(data_dir, uninterrupted
     assert_same_run(uninterrupted, tmp_path)
 
 
+def test_dropout_run_resumes_bitwise_identical(data_dir, uninterrupted, tmp_path):
+    """Dropout keys come from the step's key: a resumed run drops the same units as an uninterrupted one."""
+    dropout = dict(model_kwargs={"dropout_rate": 0.3})
+    whole, resumed = str(tmp_path / "whole"), str(tmp_path / "resumed")
+    train.train_and_evaluate(smoke_config(data_dir, **dropout), whole)
+    train.train_and_evaluate(smoke_config(data_dir, stop_after_steps=5, **dropout), resumed)
+    train.train_and_evaluate(smoke_config(data_dir, **dropout), resumed)
+    assert_same_run(whole, resumed)
+    with_dropout, without = saved_state(whole)["params"], saved_state(uninterrupted)["params"]
+    conv = ("stage1_block0", "conv2", "kernel")  # the conv after the dropout
+    assert not np.array_equal(with_dropout[conv[0]][conv[1]][conv[2]], without[conv[0]][conv[1]][conv[2]])
+
+
 class Killed(Exception):
     pass
 

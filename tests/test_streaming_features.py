@@ -1,6 +1,8 @@
 """Cached features over the streaming pipeline: an image-folder fine-tune trains its head on the batches an
 uncached run sees, resumes, and falls back (saying why) where host augmentation is random."""
 
+import json
+
 import chex
 import numpy as np
 import pytest
@@ -102,3 +104,18 @@ def test_random_host_augmentation_is_not_cached_and_says_why(folder, backbone):
         "9.8 GiB of features exceed half a device's 16.0 GiB",
     )
     assert features.fits_on_device(10_000, 2048, bytes_limit=16 * 2**30) == (True, "")
+
+
+def test_folder_recipe_takes_the_class_count_from_the_folders_and_caches(folder, backbone, tmp_path, capsys):
+    """configs/finetune_folder.py as a user runs it, at 32 px for CPU time: 4 class folders, a 4-way head."""
+    from configs import finetune_folder
+
+    c = finetune_folder.get_config()
+    c.init_checkpoint, c.train_dir, c.eval_dir = str(backbone[0]), str(folder / "train"), str(folder / "test")
+    c.update(image_size=32, batch_size=8, eval_batch_size=8, num_train_steps=3, num_workers=0)
+    c.progress_bar = False
+    result = train.train_and_evaluate(c, str(tmp_path))
+    assert result["step"] == 3 and "features not cached" not in capsys.readouterr().out
+    model, _ = load_checkpoint(tmp_path)
+    assert model.num_classes == len(CLASSES) and tuple(model.class_names) == CLASSES
+    assert json.loads((tmp_path / "config.json").read_text())["num_classes"] == len(CLASSES)

@@ -228,8 +228,9 @@ def test_half_precision_run_trains_checkpoints_evaluates_and_resumes(tmp_path):
         dict(weight_decay_on="all"),
         dict(num_classes=100, dataset="fake_cifar100"),  # as cifar100: 100 classes
         dict(model="resnet18", model_kwargs={"norm": "group"}),  # no batch_stats to train or save
+        dict(num_classes=0),  # the dataset's own: 10
     ],
-    ids=["per_pixel", "num_epochs", "weight_decay_all", "100_classes", "group_norm"],
+    ids=["per_pixel", "num_epochs", "weight_decay_all", "100_classes", "group_norm", "num_classes_0"],
 )
 def test_readme_options_run_end_to_end(tmp_path_factory, overrides):
     import resnet_jax
@@ -246,7 +247,8 @@ def test_readme_options_run_end_to_end(tmp_path_factory, overrides):
     result = train.train_and_evaluate(c, str(workdir))
     assert result["step"] == 3 and np.isfinite(result["test_loss"])
     model, variables = resnet_jax.load_checkpoint(workdir)
-    assert model.num_classes == c.num_classes
+    assert model.num_classes == (c.num_classes or 10)
+    assert json.loads((workdir / "config.json").read_text())["num_classes"] == model.num_classes
     assert set(variables) == ({"params"} if model.norm == "group" else {"params", "batch_stats"})
     if c.normalization == "per_pixel":  # the mean image travels in the meta and predict applies it
         assert np.asarray(model.preprocess["mean"]).shape == (32, 32, 3)

@@ -86,7 +86,9 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         errors.append(f"model={config.model!r} must be one of {', '.join(resnet_jax.available_models())}")
     else:
         try:
-            smallest = min_image_size(build_model(config))
+            # The stride does not depend on the head: num_classes (0 until the data is read) is left out.
+            options = {k: v for k, v in model_options(config).items() if k != "num_classes"}
+            smallest = min_image_size(resnet_jax.create_model(config.model, **options))
             check(
                 not config.image_size or config.image_size >= smallest,
                 f"image_size={config.image_size} is smaller than {config.model} takes: its total stride "
@@ -108,7 +110,10 @@ def validate_config(config: ml_collections.ConfigDict, num_devices: int) -> None
         config.num_train_steps > 0 or config.num_epochs > 0,
         f"set num_train_steps>0 or num_epochs>0 (got {config.num_train_steps}, {config.num_epochs})",
     )
-    check(config.num_classes > 1, f"num_classes={config.num_classes} must be > 1")
+    check(
+        config.num_classes > 1 or config.num_classes == 0,
+        f"num_classes={config.num_classes} must be > 1, or 0 for the data's own class count",
+    )
     check(config.learning_rate > 0, f"learning_rate={config.learning_rate} must be > 0")
     check(0 <= config.momentum < 1, f"momentum={config.momentum} must be in [0, 1)")
     check(config.weight_decay >= 0, f"weight_decay={config.weight_decay} must be >= 0")

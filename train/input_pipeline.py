@@ -239,7 +239,7 @@ def create_streaming(config: Any, mesh: Mesh) -> Any:
             image_size=config.image_size,
             num_workers=config.num_workers,
             prefetch=config.prefetch,
-            num_classes=config.num_classes,
+            num_classes=config.num_classes or None,  # 0: the data's own
             mean=tuple(config.mean),
             std=tuple(config.std),
             pad=config.pad,
@@ -273,10 +273,14 @@ def create_in_memory(config: Any, mesh: Mesh, data_key: jax.Array) -> InMemoryPi
 
     builder = tfds_data.get_builder(config.dataset, config.data_dir)
     num_classes, class_names = tfds_data.label_info(builder)
-    if num_classes is not None and num_classes != config.num_classes:
+    if num_classes is None and not config.num_classes:
+        raise tfds_data.DatasetUnavailableError(
+            f"{config.dataset} does not say how many classes it has: pass --config.num_classes=N"
+        )
+    if num_classes is not None and config.num_classes and num_classes != config.num_classes:
         raise tfds_data.DatasetUnavailableError(
             f"num_classes={config.num_classes} but {config.dataset} has {num_classes} classes: "
-            f"pass --config.num_classes={num_classes}"
+            f"pass --config.num_classes={num_classes} (or 0: the dataset's own)"
         )
     train_images, train_labels = tfds_data.load_split(builder, config.train_split)
     eval_images, eval_labels = tfds_data.load_split(builder, config.eval_split)
@@ -296,7 +300,7 @@ def create_in_memory(config: Any, mesh: Mesh, data_key: jax.Array) -> InMemoryPi
         batch_size=config.batch_size,
         data_key=data_key,
         preprocess=preprocess_spec(config.normalization, config.mean, config.std, train_images),
-        num_classes=config.num_classes,
+        num_classes=config.num_classes or num_classes,
         class_names=class_names,
         resize_to=resize_to,
     )

@@ -8,6 +8,7 @@ reads values back every `log_every_steps`.
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 import time
@@ -215,6 +216,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     init_key, data_key, aug_key = jax.random.split(jax.random.PRNGKey(config.seed), 3)
     pipeline = input_pipeline.create(config, mesh, data_key)
     try:  # closes grain's workers and threads however the run ends
+        if not config.num_classes:  # 0: the data's own class count, which config.json then records
+            config = copy.deepcopy(config)
+            config.num_classes = pipeline.num_classes
         mean, std = (jnp.asarray(pipeline.preprocess[k], jnp.float32) for k in ("mean", "std"))
         num_steps = config.num_train_steps
         if num_steps <= 0:
