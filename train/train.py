@@ -160,10 +160,37 @@ def make_eval_fn(
     return programs.make_eval_fn(step, mesh, keys=keys)
 
 
-def _cached_programs(config, model, run, pipeline, mesh, mean, std, aug_key):
+def _programs(config, model, run, mesh, mean, std, aug_key, *, fine_tune: bool):
+    """The compiled train and eval programs: over cached features where a fine-tune's frozen backbone
+    allows it (`features.should_cache`, which says in one line why not), else over images."""
+    pipeline = run.pipeline
+    if fine_tune:
+        from train import features
+
+        cached, notice = features.should_cache(config, pipeline, features.pooled_width(run.state.params))
+        if notice:
+            run.say(notice)
+        if cached:  # the frozen backbone runs once here; the steps apply only the head
+            return _cached_programs(config, model, run, mesh, mean, std, aug_key)
+    step_fn = functools.partial(
+        train_step,
+        mean=mean,
+        std=std,
+        # A streaming pipeline augments on the host: the step must not crop or flip again.
+        pad=config.pad if pipeline.device_augment else 0,
+        flip=config.flip and pipeline.device_augment,
+        label_smoothing=config.label_smoothing,
+        image_size=pipeline.resize_to,
+    )
+    run_train = programs.make_train_fn(step_fn, mesh, pipeline.device_batch, aug_key)
+    return run_train, make_eval_fn(mesh, mean, std, hflip=config.eval_hflip, image_size=pipeline.resize_to)
+
+
+def _cached_programs(config, model, run, mesh, mean, std, aug_key):
     """The train and eval programs over cached features; `run.pipeline` becomes the FeaturePipeline."""
     from train import features
 
+    pipeline = run.pipeline
     progress = config.progress_bar and run.is_main
     flip = config.flip and pipeline.device_augment  # a streaming pipeline never flips on the device
     if pipeline.device_augment:
@@ -232,33 +259,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             out_shardings=NamedSharding(mesh, P()),
             compiler_options=programs.init_compiler_options(),
         )(init_key)
-        run = RunState.open(
-            config, workdir, model, pipeline, state, num_steps
-        )  # resumes; still writes nothing
+        run = RunState.open(config, workdir, model, pipeline, state, num_steps)  # resumes; writes nothing
         if run.step == 0 and init is not None:
             run.state = finetune.initialize(config, run.state, init)
-        cached = False
-        if init is not None:
-            from train import features
-
-            cached, notice = features.should_cache(config, pipeline, features.pooled_width(run.state.params))
-            if notice:
-                run.say(notice)
-        if cached:  # the frozen backbone runs once here; the steps apply only the head
-            run_train, eval_fn = _cached_programs(config, model, run, pipeline, mesh, mean, std, aug_key)
-        else:
-            step_fn = functools.partial(
-                train_step,
-                mean=mean,
-                std=std,
-                # A streaming pipeline augments on the host: the step must not crop or flip again.
-                pad=config.pad if pipeline.device_augment else 0,
-                flip=config.flip and pipeline.device_augment,
-                label_smoothing=config.label_smoothing,
-                image_size=pipeline.resize_to,
-            )
-            run_train = programs.make_train_fn(step_fn, mesh, pipeline.device_batch, aug_key)
-            eval_fn = make_eval_fn(mesh, mean, std, hflip=config.eval_hflip, image_size=pipeline.resize_to)
+        fine_tune = init is not None
+        run_train, eval_fn = _programs(config, model, run, mesh, mean, std, aug_key, fine_tune=fine_tune)
         run.start()  # every check passed: config.json, metrics and checkpoints may be written from here
         result = run.loop(
             run_train, lambda state: programs.evaluate(eval_fn, state, run.pipeline.eval_inputs())
