@@ -1,11 +1,8 @@
 """Input pipeline for datasets read from disk while training (ImageNet and the like), built on grain.
 
-Training batch `s` is a pure function of (seed, s): global position q = s * B + row is example
-`shuffle_e(q - e * E)` of epoch e = q // E (E = steps_per_epoch * B; the last partial batch of each
-epoch is dropped), where shuffle_e is grain's index shuffle (the one `MapDataset.shuffle` uses) seeded
-by (seed, e). The example's augmentation draws from `example_rng(seed, q)`. So a run resumed at any
-step sees exactly the batches an uninterrupted run would, with no iterator state to checkpoint, and
-the batches do not depend on the number of worker processes or hosts.
+Training batch `s` is a pure function of (seed, s) (train/stream_order.py): a run resumed at any step sees
+exactly the batches an uninterrupted run would, with no iterator state to checkpoint, and the batches do not
+depend on the number of worker processes or hosts.
 
 Each process reads, decodes and augments only its rows of every global batch (process p of P owns rows
 [p * B / P, (p + 1) * B / P)), in grain worker processes, and a background thread assembles the global
@@ -15,8 +12,6 @@ uint8; normalisation stays in the jitted step.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import sys
 import weakref
 from collections.abc import Iterator
@@ -30,80 +25,10 @@ from train import image_ops
 from train.data_sources import RandomAccessSource, class_names_of, describe, tfds_sources  # noqa: F401
 from train.image_folder import DataError, check_num_classes
 from train.image_ops import TRANSFORMS, Transform  # noqa: F401  (TRANSFORMS: the names callers may pass)
+from train.stream_order import EvalExample, TrainExample, read_example
 
 # Grain datasets need a length; training positions are unbounded, so the stream is this long.
 _ENDLESS = sys.maxsize // 2
-
-
-@functools.lru_cache(maxsize=16)
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The 32-bit shuffle seed of one epoch, hashed from (seed, epoch) so that no two runs share one."""
-    return int(np.random.SeedSequence((seed, epoch)).generate_state(1)[0])
-
-
-def _read(
-    source: RandomAccessSource, source_name: str, index: int, transform: Transform, rng
-) -> tuple[np.ndarray, int]:
-    record = source[index]
-    name = record.get("path") or f"{source_name}[{index}]"
-    return transform(record["image"], rng, name), int(record["label"])
-
-
-def train_index(position: int, *, seed: int, examples_per_epoch: int, num_examples: int) -> int:
-    """The source index of global training position `position` (see the module docstring)."""
-    epoch, k = divmod(position, examples_per_epoch)
-    return grain.experimental.index_shuffle(
-        k, max_index=num_examples - 1, seed=epoch_seed(seed, epoch), rounds=4
-    )
-
-
-@dataclasses.dataclass(frozen=True)
-class _TrainExample:
-    """Local position j of this process's stream -> its training example (picklable for workers)."""
-
-    source: RandomAccessSource
-    source_name: str
-    transform: Transform
-    seed: int
-    batch_size: int
-    local_batch_size: int
-    process_index: int
-    examples_per_epoch: int
-
-    def __call__(self, j: int) -> dict[str, np.ndarray]:
-        step, row = divmod(j, self.local_batch_size)
-        position = step * self.batch_size + self.process_index * self.local_batch_size + row
-        index = train_index(
-            position,
-            seed=self.seed,
-            examples_per_epoch=self.examples_per_epoch,
-            num_examples=len(self.source),
-        )
-        rng = image_ops.example_rng(self.seed, position) if self.transform.random else None
-        image, label = _read(self.source, self.source_name, index, self.transform, rng)
-        return {"image": image, "label": np.int32(label)}
-
-
-@dataclasses.dataclass(frozen=True)
-class _EvalExample:
-    """Local position j -> eval example in file order, or a zero image with mask 0 past the end."""
-
-    source: RandomAccessSource
-    source_name: str
-    transform: Transform
-    batch_size: int
-    local_batch_size: int
-    process_index: int
-    image_shape: tuple[int, int, int]
-
-    def __call__(self, j: int) -> dict[str, np.ndarray]:
-        batch, row = divmod(j, self.local_batch_size)
-        index = batch * self.batch_size + self.process_index * self.local_batch_size + row
-        if index >= len(self.source):
-            blank = np.zeros(self.image_shape, np.uint8)
-            return {"image": blank, "label": np.int32(0), "mask": np.float32(0)}
-        image, label = _read(self.source, self.source_name, index, self.transform, None)
-        return {"image": image, "label": np.int32(label), "mask": np.float32(1)}
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -260,7 +185,7 @@ class StreamingPipeline:
     @staticmethod
     def _output_shape(source: RandomAccessSource, transform: Transform) -> tuple[int, int, int]:
         if transform.name in ("none", "pad_crop_flip"):  # keeps the source's size: decode one to see it
-            image, _ = _read(source, describe(source), 0, transform, image_ops.example_rng(0, 0))
+            image, _ = read_example(source, describe(source), 0, transform, image_ops.example_rng(0, 0))
             return tuple(image.shape)
         return (transform.size, transform.size, 3)
 
@@ -284,7 +209,7 @@ class StreamingPipeline:
     def local_train_batches(self, start_step: int = 0) -> grain.IterDataset:
         """This process's rows of training batches start_step, start_step + 1, ... as numpy dicts
         {'image': uint8 [B / P, H, W, 3], 'label': int32 [B / P]}."""
-        example = _TrainExample(
+        example = TrainExample(
             self.train_source,
             describe(self.train_source),
             self.train_transform,
@@ -304,7 +229,7 @@ class StreamingPipeline:
         """
         source, transform = (self.train_source, self.train_transform) if split == "train" else (
             self.eval_source, self.eval_transform)  # fmt: skip
-        example = _EvalExample(
+        example = EvalExample(
             source,
             describe(source),
             transform,

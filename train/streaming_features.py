@@ -3,7 +3,7 @@
 As `train.features` does for in-memory data: the backbone runs once over each split, here in file order
 through the streaming pipeline (the train split with its own transform, which must not be random: each
 image's features are then the same every epoch), and the steps apply only the head. Training batch s
-takes the rows the streaming pipeline would have read for step s (`streaming.train_index`), so a cached
+takes the rows the streaming pipeline would have read for step s (`stream_order.train_index`), so a cached
 run trains its head on exactly the batches an uncached run sees, and resumes at any step.
 
 The table stays on every device: [N, D] float32 (2048-wide for ResNet-50: 8 KiB an image, so 10,000
@@ -24,7 +24,8 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax.preprocess import normalize
-from train.streaming import StreamingPipeline, train_index
+from train.stream_order import train_index
+from train.streaming import StreamingPipeline
 
 
 def _extract(
