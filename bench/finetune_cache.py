@@ -46,40 +46,32 @@ def main() -> None:
     args = parser.parse_args()
     tfds_data.hide_gpus_from_tensorflow()
 
-    backbone = smoke.get_config()
-    backbone.update(
+    # Both runs: the same data, batches, rate and logging; no evaluation before the end.
+    common = dict(
         data_dir=args.data_dir,
-        train_split="train[:5000]",
         eval_split="test[:2000]",
         batch_size=64,
         eval_batch_size=500,
-        num_train_steps=args.backbone_steps,
         learning_rate=0.1,
-        warmup_steps=10,
         log_every_steps=50,
         eval_every_steps=-1,
         checkpoint_every_steps=10_000,
     )
+    backbone = smoke.get_config()
+    backbone.update(common, train_split="train[:5000]", num_train_steps=args.backbone_steps, warmup_steps=10)
     backbone_dir = os.path.join(args.out, "backbone")
     # A finished backbone run rerun on its workdir trains no step (it evaluates again).
     print(json.dumps({"run": "backbone", **train_and_evaluate(backbone, backbone_dir)}), flush=True)
     for cache in (True, False):
         config = finetune_cifar10.get_config()
         config.update(
+            common,
             init_checkpoint=backbone_dir,
-            data_dir=args.data_dir,
             train_split="train[10000:15000]",
-            eval_split="test[:2000]",
-            batch_size=64,
-            eval_batch_size=500,
             num_epochs=args.finetune_epochs,
             pad=0,
             flip=False,
             cache_features=cache,
-            learning_rate=0.1,
-            log_every_steps=50,
-            eval_every_steps=-1,
-            checkpoint_every_steps=10_000,
             progress_bar=False,
         )
         if args.folder:

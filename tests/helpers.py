@@ -4,6 +4,9 @@ Fixtures live in conftest.py (`data_dir`, `compilation_cache`); these are plain 
 """
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import jax
@@ -19,6 +22,8 @@ from train import finetune, optim, train
 from train import metrics as metrics_lib
 from train.configuration import build_model
 
+REPO = Path(__file__).resolve().parents[1]
+
 
 def smoke_config(data_dir, **overrides):
     """configs/smoke.py (12 steps of ResNet-20) over the `data_dir` fixture's fake_cifar."""
@@ -27,6 +32,32 @@ def smoke_config(data_dir, **overrides):
     for k, v in overrides.items():
         c[k] = v
     return c
+
+
+def smoke_command(workdir, data_dir, *flags):
+    """`python -m train` with configs/smoke.py over the `data_dir` fixture's fake_cifar, logging each step."""
+    config = str(REPO / "configs" / "smoke.py")
+    return [sys.executable, "-m", "train", "--config", config, f"--workdir={workdir}",
+            "--config.dataset=fake_cifar", f"--config.data_dir={data_dir}", "--config.log_every_steps=1",
+            *flags]  # fmt: skip
+
+
+def cached_env(compilation_cache):
+    """This environment with the `compilation_cache` fixture's cache, for CLI subprocesses."""
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": compilation_cache,
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # fmt: skip
+
+
+def start_training(command, workdir, env):
+    """Starts `command` (stdout and stderr together, text) and returns it once it has logged a step."""
+    proc = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    metrics_file = Path(workdir) / "metrics.jsonl"
+    deadline = time.time() + 240
+    while not (metrics_file.exists() and metrics_file.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.2)
+    return proc
 
 
 def saved_state(workdir, step=12):

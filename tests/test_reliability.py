@@ -18,7 +18,7 @@ import pytest
 
 import resnet_jax
 from resnet_jax.checkpoint import CheckpointError, RunCheckpoints
-from tests.helpers import saved_state, smoke_config
+from tests.helpers import cached_env, saved_state, smoke_command, smoke_config, start_training
 from train import metrics as metrics_lib
 from train import train
 from train.configuration import ConfigError
@@ -180,19 +180,13 @@ def test_config_file_errors_are_one_line(tmp_path, config_path, message):
 
 
 def test_ctrl_c_is_acknowledged_at_once_saves_and_exits_130(data_dir, tmp_path, compilation_cache):
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": compilation_cache,
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # fmt: skip
-    cmd = [sys.executable, "-m", "train", "--config", str(REPO / "configs" / "smoke.py"),
-           f"--workdir={tmp_path}", "--config.dataset=fake_cifar", f"--config.data_dir={data_dir}",
-           "--config.log_every_steps=1", "--config.num_train_steps=2000", "--config.eval_every_steps=-1",
-           "--config.checkpoint_every_steps=1000"]  # fmt: skip
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    flags = [
+        "--config.num_train_steps=2000",
+        "--config.eval_every_steps=-1",
+        "--config.checkpoint_every_steps=1000",
+    ]
+    proc = start_training(smoke_command(tmp_path, data_dir, *flags), tmp_path, cached_env(compilation_cache))
     metrics_file = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 240
-    while not (metrics_file.exists() and metrics_file.read_text().strip()) and time.time() < deadline:
-        time.sleep(0.2)
     sent = time.time()
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)

@@ -4,11 +4,9 @@ All runs use the smoke config (resnet20, batch 16, 12 steps) on a small prepared
 images; checkpoints every 4 steps and at the evaluations (steps 6 and 12).
 """
 
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +15,15 @@ import numpy as np
 import pytest
 
 from resnet_jax.checkpoint import RunCheckpoints
-from tests.helpers import assert_same_run, logged, saved_state, smoke_config
+from tests.helpers import (
+    assert_same_run,
+    cached_env,
+    logged,
+    saved_state,
+    smoke_command,
+    smoke_config,
+    start_training,
+)
 from train import metrics as metrics_lib
 from train import train
 
@@ -117,29 +123,9 @@ def test_cli_sigterm_saves_at_the_next_step_and_rerun_resumes(
     data_dir, uninterrupted, tmp_path, compilation_cache
 ):
     """The smoke run of the CLI: `python -m train` stopped by SIGTERM, then rerun to the end."""
-    env = {
-        **os.environ,
-        "JAX_COMPILATION_CACHE_DIR": compilation_cache,
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    }
-    cmd = [
-        sys.executable,
-        "-m",
-        "train",
-        "--config",
-        str(REPO / "configs" / "smoke.py"),
-        f"--workdir={tmp_path}",
-        "--config.dataset=fake_cifar",
-        f"--config.data_dir={data_dir}",
-        "--config.log_every_steps=1",
-    ]
-    proc = subprocess.Popen(
-        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    metrics_file = tmp_path / "metrics.jsonl"
-    deadline = time.time() + 240
-    while not (metrics_file.exists() and metrics_file.read_text().strip()) and time.time() < deadline:
-        time.sleep(0.2)
+    env = cached_env(compilation_cache)
+    cmd = smoke_command(tmp_path, data_dir)
+    proc = start_training(cmd, tmp_path, env)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, out  # a scheduler must not take it for finished
