@@ -83,28 +83,37 @@ class BasicBlock(_Block):
 ResidualBlock = BasicBlock
 
 
-class BottleneckBlock(_Block):
-    """1x1 conv to `width` -> 3x3 conv (grouped) -> 1x1 conv to features, each followed by norm.
+class _Bottleneck(_Block):
+    """Fields and geometry shared by the two bottleneck blocks.
 
-    The width is torchvision's: int(features / 4 * base_width / 64) * groups, so base_width=64,
-    groups=1 is ResNet-50's features/4, groups=32, base_width=4 ResNeXt-50 32x4d's, base_width=128
-    Wide ResNet-50-2's.
+    The 3x3 conv's width is torchvision's: int(features / 4 * base_width / 64) * groups, so
+    base_width=64, groups=1 is ResNet-50's features/4, groups=32, base_width=4 ResNeXt-50 32x4d's,
+    base_width=128 Wide ResNet-50-2's.
 
     Attributes:
       groups: groups of the 3x3 conv (ResNeXt's cardinality).
       base_width: channels per group at the first stage's width (64 for a plain ResNet).
-      stride_in_1x1: put the stride on the first 1x1 conv (the paper, Caffe and Keras) instead of on
-        the 3x3 conv (torchvision's "ResNet v1.5", the default).
+      stride_in_1x1: put the stride on the first 1x1 conv (the paper, Caffe, Keras' V1 and the 2016
+        paper's CIFAR code) instead of on the 3x3 conv (torchvision's "ResNet v1.5" and Keras' V2).
     """
 
     groups: int = 1
     base_width: int = 64
     stride_in_1x1: bool = False
 
+    def _geometry(self) -> tuple[int, int, int]:
+        """(width of the 3x3 conv, stride of the first 1x1 conv, stride of the 3x3 conv)."""
+        width = bottleneck_width(self.features, self.groups, self.base_width)
+        return (width, self.stride, 1) if self.stride_in_1x1 else (width, 1, self.stride)
+
+
+class BottleneckBlock(_Bottleneck):
+    """1x1 conv to `width` -> 3x3 conv (grouped) -> 1x1 conv to features, each followed by norm; fields in
+    `_Bottleneck`."""
+
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        width = bottleneck_width(self.features, self.groups, self.base_width)
-        s1, s3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
+        width, s1, s3 = self._geometry()
         y = self.conv(width, 1, s1, name="conv1")(x)
         y = self.act(self.norm(name="bn1")(y))
         y = self.conv(width, 3, s3, name="conv2", groups=self.groups)(y)
@@ -139,25 +148,20 @@ class PreActBasicBlock(_Block):
         return y + self._pre_act_shortcut(x, p)
 
 
-class PreActBottleneckBlock(_Block):
+class PreActBottleneckBlock(_Bottleneck):
     """Pre-activation bottleneck (He et al. 2016; Keras ResNetV2): norm -> act -> 1x1 conv -> norm -> act ->
     3x3 conv -> norm -> act -> 1x1 conv, added to the shortcut with no activation after.
 
     Attributes:
       preact: see PreActBasicBlock.
-      groups, base_width, stride_in_1x1: see BottleneckBlock (Keras puts the stride on the 3x3 conv,
-        the paper's CIFAR code on the first 1x1 conv).
+      groups, base_width, stride_in_1x1: see `_Bottleneck`.
     """
 
     preact: bool = True
-    groups: int = 1
-    base_width: int = 64
-    stride_in_1x1: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-        width = bottleneck_width(self.features, self.groups, self.base_width)
-        s1, s3 = (self.stride, 1) if self.stride_in_1x1 else (1, self.stride)
+        width, s1, s3 = self._geometry()
         p = self.act(self.norm(name="preact_bn")(x)) if self.preact else x
         y = self.conv(width, 1, s1, name="conv1", use_bias=False)(p)
         y = self.act(self.norm(name="bn1")(y))
