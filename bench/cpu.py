@@ -11,7 +11,7 @@ Measured, each as the median img/s of `--windows` timed windows of `--steps` ste
                        program from train.programs.make_train_fn: batch selection from the uint8 split
                        held on device, crop/flip/normalise, forward, backward, SGD update, metric
                        sums; host syncs every log_every_steps) on synthetic uint8 data.
-        train_step:    the bare jitted train.train.train_step (bench/common.py jit_train_step), called in
+        train_step:    the bare jitted train.steps.train_step (bench/common.py jit_train_step), called in
                        a loop on one device-resident uint8 batch.
         eval:          the training program's whole-split evaluation (one compiled program).
   torch train_step:    forward + loss + backward + SGD step on one pre-made float batch.
@@ -63,9 +63,9 @@ def bench_jax(args) -> dict:
     from jax.sharding import PartitionSpec as P
 
     from configs import default
-    from train import input_pipeline, optim, programs
-    from train import train as tr
+    from train import optim, programs, steps
     from train.configuration import build_model, validate_config
+    from train.data import memory
 
     size, b = IMAGE_SIZE[args.model], args.batch
     config = default.get_config()
@@ -74,14 +74,14 @@ def bench_jax(args) -> dict:
     config.half_precision = args.dtype == "bfloat16"
     config.batch_size = config.eval_batch_size = b
     num_steps = 1_000_000
-    mesh = tr.make_mesh()
+    mesh = steps.make_mesh()
     validate_config(config, mesh.size)
     model = common.smoke_model(args.model, jnp.dtype(args.dtype)) if args.smoke else build_model(config)
     if args.smoke:
         config.num_classes = model.num_classes
     tx = optim.create_optimizer(config, num_steps)
     replicated = NamedSharding(mesh, P())
-    init_fn = functools.partial(tr.create_train_state, model=model, tx=tx, image_shape=(size, size, 3))
+    init_fn = functools.partial(steps.create_train_state, model=model, tx=tx, image_shape=(size, size, 3))
     init = common.compile_init(init_fn, jax.random.key(0))
     mean = jnp.asarray(config.mean, jnp.float32)
     std = jnp.asarray(config.std, jnp.float32)
@@ -96,7 +96,7 @@ def bench_jax(args) -> dict:
     out = {}
     # The bare step: the jitted train_step on one device-resident batch.
     step = common.jit_train_step(
-        functools.partial(tr.train_step, mean=mean, std=std, pad=config.pad, flip=config.flip), mesh
+        functools.partial(steps.train_step, mean=mean, std=std, pad=config.pad, flip=config.flip), mesh
     )
     batch = jax.device_put({"image": images(b), "label": labels(b)}, NamedSharding(mesh, P("data")))
     key = jax.device_put(jax.random.key(1), replicated)
@@ -123,11 +123,11 @@ def bench_jax(args) -> dict:
     # The whole program: train_and_evaluate's loop over the split held on device.
     n_train = args.train_examples or max(4 * b, 50_000 if args.model == "resnet20" else 0)
     n_eval_batches = args.steps
-    train_data = input_pipeline.put_train(images(n_train), labels(n_train), mesh)
-    eval_data = input_pipeline.put_eval(images(n_eval_batches * b), labels(n_eval_batches * b), b, mesh)
+    train_data = memory.put_train(images(n_train), labels(n_train), mesh)
+    eval_data = memory.put_eval(images(n_eval_batches * b), labels(n_eval_batches * b), b, mesh)
     data_key, aug_key = jax.random.split(jax.random.key(2))
     spec = {"kind": "mean_std", "mean": list(config.mean), "std": list(config.std)}
-    pipeline = input_pipeline.InMemoryPipeline(
+    pipeline = memory.InMemoryPipeline(
         train_data,
         eval_data,
         batch_size=b,
@@ -135,9 +135,9 @@ def bench_jax(args) -> dict:
         preprocess=spec,
         num_classes=config.num_classes,
     )
-    step_fn = functools.partial(tr.train_step, mean=mean, std=std, pad=config.pad, flip=config.flip)
+    step_fn = functools.partial(steps.train_step, mean=mean, std=std, pad=config.pad, flip=config.flip)
     train_fn = programs.make_train_fn(step_fn, mesh, pipeline.device_batch, aug_key)
-    eval_fn = tr.make_eval_fn(mesh, mean, std)
+    eval_fn = programs.image_eval(mesh, mean, std)
 
     def run_train(state, sums):
         return train_fn(state, sums, (train_data.images, train_data.labels))[:2]

@@ -9,7 +9,7 @@ Makes ~500 JPEGs of about 400x350 (ImageNet's typical size) from the offline CIF
   draft+crop   both: what train/image_ops.random_resized_crop does
   simplejpeg   (if importable) libjpeg-turbo via simplejpeg with DCT scaling, then crop-first in PIL
 
-and the whole grain pipeline (train/streaming.py: read, shuffle, decode, crop, batch) with 1 worker
+and the whole grain pipeline (train/data/streaming.py: read, shuffle, decode, crop, batch) with 1 worker
 process and with 2. Prints a markdown table; img/s per worker process and host cores per 3,000 img/s.
 
     python bench/decode.py [--images 500] [--size 400 350] [--seconds 3] [--out /tmp/decode_bench]
@@ -68,7 +68,7 @@ def make_images(out: Path, n: int, size=(400, 350), quality: int = 90) -> Path:
 
 
 def _box(size, rng):
-    from train import image_ops
+    from train.data import image_ops
 
     return image_ops.sample_crop_box(*size, rng)
 
@@ -103,7 +103,7 @@ def crop_first(data: bytes, rng) -> np.ndarray:
 
 
 def draft_crop(data: bytes, rng) -> np.ndarray:
-    from train import image_ops
+    from train.data import image_ops
 
     return image_ops.random_resized_crop(image_ops.open_image(data), rng, 224, flip=False)
 
@@ -121,7 +121,7 @@ def simplejpeg_crop(data: bytes, rng) -> np.ndarray:
 
 def time_lever(fn: Callable, files: list[bytes], seconds: float) -> float:
     """img/s of `fn` over `files` in this process, after one warm-up pass over 50 files."""
-    from train import image_ops
+    from train.data import image_ops
 
     for i, data in enumerate(files[:50]):
         fn(data, image_ops.example_rng(0, i))
@@ -135,9 +135,9 @@ def time_lever(fn: Callable, files: list[bytes], seconds: float) -> float:
 
 def time_pipeline(root: Path, workers: int, batches: int) -> float:
     """img/s of StreamingPipeline.local_train_batches (host side) with `workers` grain processes."""
-    from train import streaming
-    from train.image_folder import ImageFolder
-    from train.train import make_mesh
+    from train.data import streaming
+    from train.data.image_folder import ImageFolder
+    from train.steps import make_mesh
 
     src = ImageFolder(root)
     pipe = streaming.StreamingPipeline(

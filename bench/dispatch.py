@@ -33,31 +33,32 @@ def main() -> None:
     from jax.sharding import PartitionSpec as P
 
     from configs import cifar10_fast
-    from train import input_pipeline, optim, programs, train
+    from train import optim, programs, steps
     from train.configuration import build_model
+    from train.data import memory
 
     config = cifar10_fast.get_config()
     config.model, config.batch_size = args.model, args.batch
-    mesh = train.make_mesh()
+    mesh = steps.make_mesh()
     rng = np.random.default_rng(0)
     n = 50_000
-    data = input_pipeline.put_train(
+    data = memory.put_train(
         rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n).astype(np.int32), mesh
     )
     data_key, aug_key = jax.random.split(jax.random.key(0))
     spec = {"kind": "mean_std", "mean": list(config.mean), "std": list(config.std)}
-    pipeline = input_pipeline.InMemoryPipeline(
+    pipeline = memory.InMemoryPipeline(
         data, data, batch_size=args.batch, data_key=data_key, preprocess=spec, num_classes=10
     )
     model = build_model(config)
     tx = optim.create_optimizer(config, 10 * args.steps)
     replicated = NamedSharding(mesh, P())
     state = jax.jit(
-        functools.partial(train.create_train_state, model=model, tx=tx, image_shape=(32, 32, 3)),
+        functools.partial(steps.create_train_state, model=model, tx=tx, image_shape=(32, 32, 3)),
         out_shardings=replicated,
     )(jax.random.key(1))
     mean, std = (jax.numpy.asarray(spec[k]) for k in ("mean", "std"))
-    step_fn = functools.partial(train.train_step, mean=mean, std=std, pad=config.pad, flip=config.flip)
+    step_fn = functools.partial(steps.train_step, mean=mean, std=std, pad=config.pad, flip=config.flip)
     run = programs.make_train_fn(step_fn, mesh, pipeline.device_batch, aug_key)
     holder = {"state": state, "sums": jax.device_put(programs.zero_sums(), replicated)}
 

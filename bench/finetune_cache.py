@@ -19,7 +19,6 @@ import os
 import time
 
 from configs import finetune_cifar10, smoke
-from train import tfds_data
 from train.train import train_and_evaluate
 
 
@@ -44,7 +43,6 @@ def main() -> None:
     parser.add_argument("--finetune_epochs", type=float, default=2.0)
     parser.add_argument("--folder", default=None, help="class-folder tree: fine-tune from image files")
     args = parser.parse_args()
-    tfds_data.hide_gpus_from_tensorflow()
 
     # Both runs: the same data, batches, rate and logging; no evaluation before the end.
     common = dict(

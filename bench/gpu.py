@@ -5,14 +5,14 @@
 
 Prints one markdown table:
   - resnet50 224x224 bf16 training img/s, batch 256: the project's jitted train step
-    (train.train.train_step: uint8 batch on device, crop/flip/normalise, forward, backward, SGD momentum
+    (train.steps.train_step: uint8 batch on device, crop/flip/normalise, forward, backward, SGD momentum
     + weight decay), synthetic data;
   - resnet50 224x224 bf16 eval img/s, batch 256;
   - resnet20 CIFAR training img/s, batch 128, with the whole uint8 training split on the device: the
     training loop's own per-step program (batch selection + augmentation + step), float32 and bf16;
   - torchvision resnet50, bf16 autocast (AMP) and channels_last, batch 256, training and eval, same GPU.
 
-Imports only jax, flax, optax, numpy, resnet_jax and train.train / train.input_pipeline / train.optim
+Imports only jax, flax, optax, numpy, resnet_jax and train.train / train.data.memory / train.optim
 (none of which imports tensorflow, tensorflow_datasets or ml_collections at module level), and
 torch/torchvision in a separate process.
 """
@@ -85,19 +85,17 @@ def jax_models(smoke: bool):
 
 
 def load_steps() -> dict:
-    """The project's JAX pieces (train.train and train.optim import neither tensorflow nor ml_collections)."""
+    """The project's JAX pieces (train.steps and train.optim import neither tensorflow nor ml_collections)."""
     import common
 
-    from train import optim
-    from train import train as tr
+    from train import optim, steps
 
     return dict(
-        train_step=tr.train_step,
+        train_step=steps.train_step,
         jit=common.jit_train_step,
-        create_state=tr.create_train_state,
+        create_state=steps.create_train_state,
         create_optimizer=optim.create_optimizer,
-        tr=tr,
-        label="project step (train.train.train_step)",
+        label="project step (train.steps.train_step)",
     )
 
 
@@ -179,11 +177,12 @@ def jax_resnet20(args, steps: dict, mesh, data, dtype: str) -> dict:
     make, size, b = jax_models(args.smoke)["resnet20"]
     config, state = _state(steps, make(dtype=jnp.dtype(dtype)), size, b, mesh)
     mean, std = jnp.asarray(CIFAR_MEAN), jnp.asarray(CIFAR_STD)
-    from train import input_pipeline, programs
+    from train import programs
+    from train.data import memory
 
     data_key, aug_key = jax.random.split(jax.random.key(2))
     spec = {"kind": "mean_std", "mean": list(CIFAR_MEAN), "std": list(CIFAR_STD)}
-    pipeline = input_pipeline.InMemoryPipeline(
+    pipeline = memory.InMemoryPipeline(
         data, data, batch_size=b, data_key=data_key, preprocess=spec, num_classes=10
     )
     step_fn = functools.partial(steps["train_step"], mean=mean, std=std, pad=config.pad, flip=config.flip)
@@ -223,7 +222,7 @@ def bench_jax(args) -> list[dict]:
     import numpy as np
     from jax.sharding import Mesh
 
-    from train import input_pipeline
+    from train.data import memory
 
     steps = load_steps()
     mesh = Mesh(np.asarray(jax.devices()[:1]), ("data",))
@@ -231,7 +230,7 @@ def bench_jax(args) -> list[dict]:
     rows = jax_resnet50(args, steps, mesh, rng)
     _, size, b = jax_models(args.smoke)["resnet20"]
     n = 4 * b if args.smoke else 50_000
-    data = input_pipeline.put_train(
+    data = memory.put_train(
         rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
         rng.integers(0, 10, (n,), dtype=np.int32),
         mesh,

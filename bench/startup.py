@@ -3,7 +3,7 @@
   python bench/startup.py                       # resnet20 (32x32, batch 16) and resnet50 (224x224, batch 8)
   python bench/startup.py --models resnet20 --runs 1
 
-Each run starts `python -m train` in a fresh process on a small fake dataset (train/testing.py) with
+Each run starts `python -m train` in a fresh process on a small fake dataset (train/data/testing.py) with
 `log_every_steps=1` and stops it as soon as metrics.jsonl holds the first training record, which the
 program writes after step 1 has finished. Per model: `off` (RESNET_JAX_CACHE_DIR=off), `cold` (an empty
 cache directory) and `warm` (the same directory again, as a rerun finds it).
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--caches", nargs="+", default=kinds, choices=kinds, help="which runs to make")
     args = parser.parse_args(argv)
 
-    from train.testing import write_fake_dataset
+    from train.data.testing import write_fake_dataset
 
     data_dir = tempfile.mkdtemp(prefix="startup_data_")
     print("| model | image, batch | cache | seconds to the first step | load average (1 min) |")

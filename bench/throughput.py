@@ -43,17 +43,17 @@ def bare_step_img_per_sec(config, steps: int) -> float:
     import jax.numpy as jnp
     import numpy as np
 
-    from train import optim, train
+    from train import optim
     from train.configuration import build_model
 
-    mesh = train.make_mesh()
+    mesh = steps.make_mesh()
     model = build_model(config)
-    state = train.create_train_state(
+    state = steps.create_train_state(
         jax.random.PRNGKey(0), model, optim.create_optimizer(config, 1000), (32, 32, 3)
     )
     mean, std = jnp.asarray(config.mean, jnp.float32), jnp.asarray(config.std, jnp.float32)
     step = common.jit_train_step(
-        lambda s, b, r: train.train_step(
+        lambda s, b, r: steps.train_step(
             s,
             b,
             r,

@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.flip = True  # random horizontal flips (memory pipeline; 'pad_crop_flip' below always flips)
 
     # Input pipeline. 'memory': both splits on the devices, augmented there by pad/flip (CIFAR-sized
-    # data). 'grain': streamed from disk by train/streaming.py, decoded and augmented on the host by
+    # data). 'grain': streamed from disk by train/data/streaming.py, decoded and augmented on the host by
     # train_transform/eval_transform (ImageNet, image folders); normalization must be 'mean_std'.
     c.pipeline = "memory"  # memory | grain
     c.data_source = "tfds"  # grain: tfds (dataset prepared as ArrayRecord) | folder (train_dir, eval_dir)
@@ -47,8 +47,9 @@ def get_config() -> ml_collections.ConfigDict:
     # e.g. 224 feeds CIFAR-10 to an ImageNet backbone as the seed article does. grain: the side its sized
     # transforms (random_resized_crop, resize_shorter_center_crop, resize) output; they need >0.
     c.image_size = 0
-    # grain transforms (train/image_ops.py TRANSFORMS): random_resized_crop | resize_shorter_center_crop |
-    # resize | pad_crop_flip (pad by `pad`, random crop, flip; keeps the size) | none (decode only).
+    # grain transforms (train/data/image_ops.py TRANSFORMS): random_resized_crop |
+    # resize_shorter_center_crop | resize | pad_crop_flip (pad by `pad`, random crop, flip; keeps the
+    # size) | none (decode only).
     c.train_transform = "pad_crop_flip"
     c.eval_transform = "none"
     c.num_workers = 0  # grain worker processes per host decoding images; 0: in the training process
@@ -89,7 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
     c.freeze_up_to = "none"
     c.backbone_lr_multiplier = 1.0  # the unfrozen backbone trains at this times the head's learning rate
     # Frozen backbone (freeze_backbone) and in-memory data: run the backbone once over each split and
-    # train the head on its pooled features (train/features.py). Used only where it gives the same result
+    # train the head on its pooled features (train/cache/memory.py). Used only where it gives the same result
     # as running it every step: pad=0 (a random crop cannot be cached; flip is: both views are cached)
     # and no dropout; otherwise the run says so in one line and runs the whole network every step.
     c.cache_features = True
@@ -103,6 +104,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 2_000
     c.keep_checkpoints = 3  # the latest N; the best by test accuracy is kept as well
     c.stop_after_steps = -1  # >0: save and stop once this step is reached (simulates preemption)
+    # >=0: resume from this checkpoint step instead of the latest healthy one; the newer checkpoints are
+    # moved to superseded_checkpoints/ (never deleted) and config_history.jsonl records the choice.
+    c.resume_step = -1
     c.progress_bar = True
     # How many steps the host may dispatch ahead of the device: keeps the progress bar on finished steps
     # and a stop request answered within a step or two.

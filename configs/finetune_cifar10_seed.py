@@ -19,7 +19,7 @@ not recorded in this repository, so this config keeps the project's SGD with mom
 optimiser train/optim.py builds, and what the PyTorch transfer-learning tutorial that the article's
 PyTorch variant follows uses for `fc`: lr 0.001 there for batch 4; here lr 0.01 for batch 128 with a
 cosine decay) for 10 epochs. No augmentation, as the article's recipe: the frozen backbone then gives
-each image the same features every epoch, so they are computed once (cache_features, train/features.py)
+each image the same features every epoch, so they are computed once (cache_features, train/cache/memory.py)
 and only the head runs per step. --config.flip=True adds flips (cached too); --config.pad=4 adds random
 crops, which cannot be cached (the whole network then runs every step).
 """

@@ -8,10 +8,10 @@ DATA/train/<class>/<image> and DATA/val/<class>/<image>, images of any size and 
 labels are the sorted subfolder names, their count is the head's size (num_classes=0), and the checkpoint
 keeps them (`python -m resnet_jax.predict --workdir runs/mine IMAGE` prints them).
 
-Images stream from disk through grain (train/streaming.py): the shorter side resized to 256, then the
+Images stream from disk through grain (train/data/streaming.py): the shorter side resized to 256, then the
 centre 224x224, for training and evaluation alike. That is not random, so with the frozen backbone each
 image has the same features every epoch: they are computed once (cache_features,
-train/streaming_features.py) and each step runs only the head. To augment instead (when more than the
+train/cache/streaming.py) and each step runs only the head. To augment instead (when more than the
 head trains: --config.freeze_backbone=False --config.freeze_up_to=stage3), pass
 --config.train_transform=random_resized_crop; the whole network then runs every step.
 --config.head_hidden=1024 gives the seed article's Dense(1024) + ReLU head.

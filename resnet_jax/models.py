@@ -244,7 +244,7 @@ class ResNetHead(nn.Module):
     """The head of a ResNet alone: optional Dense(head_hidden) + ReLU, then Dense(num_classes).
 
     Its parameters are named as in ResNet ('head_hidden', 'head'), so a ResNet's head parameters apply
-    here unchanged: training a head on cached features updates the whole model's head (train/features.py).
+    here unchanged: training a head on cached features updates the whole model's head (train/cache/memory.py).
     """
 
     num_classes: int

@@ -71,7 +71,7 @@ def offline_cifar10(tmp_path_factory):
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> str:
     """A tfds data_dir holding `fake_cifar`: 64 train, 20 test random 32x32 images, 10 classes (read only)."""
-    from train.testing import write_fake_dataset
+    from train.data.testing import write_fake_dataset
 
     path = str(tmp_path_factory.mktemp("fake_tfds"))
     write_fake_dataset(path, num_train=64, num_test=20)

@@ -18,7 +18,7 @@ from PIL import Image
 from configs import finetune_cifar10, smoke
 from resnet_jax import create_model
 from resnet_jax.checkpoint import make_meta, save_checkpoint
-from train import finetune, optim, train
+from train import finetune, optim, steps
 from train import metrics as metrics_lib
 from train.configuration import build_model
 
@@ -105,10 +105,10 @@ def finetune_config(init_checkpoint, **overrides):
 
 def finetune_state(config, image_size=32):
     """(resolved config, a fresh train state initialised from the config's init checkpoint)."""
-    config, init = finetune.resolve_config(config)
-    tx = finetune.create_optimizer(config, optim.create_optimizer(config, config.num_train_steps))
-    state = train.create_train_state(jax.random.key(1), build_model(config), tx, (image_size,) * 2 + (3,))
-    return config, finetune.initialize(config, state, init)
+    config, init, policy = finetune.resolve_config(config)
+    tx = finetune.wrap_optimizer(config, policy, optim.create_optimizer(config, config.num_train_steps))
+    state = steps.create_train_state(jax.random.key(1), build_model(config), tx, (image_size,) * 2 + (3,))
+    return config, finetune.initialize(policy, state, init)
 
 
 CLASSES = ("cat", "dog", "frog", "ship")

@@ -135,5 +135,5 @@ def test_run_all_tables(smoke_records):
 
 def test_gpu_bench_runs_without_tensorflow_or_ml_collections(runs):
     text = _output(runs["gpu"])
-    assert "project step (train.train.train_step)" in text  # the project's own step, not a stand-in
+    assert "project step (train.steps.train_step)" in text  # the project's own step, not a stand-in
     assert text.count('"img_s"') == 3  # resnet50 train and eval, resnet20 training loop

@@ -15,9 +15,10 @@ from resnet_jax import create_model, make_predict_fn
 from resnet_jax.checkpoint import load_checkpoint, make_meta, save_checkpoint
 from resnet_jax.preprocess import CAFFE
 from tests.helpers import backbone_checkpoint, finetune_config, finetune_state
-from train import finetune, testing, train
+from train import finetune, policy, steps, train
 from train.configuration import ConfigError, build_model, validate_config
-from train.eval import evaluate
+from train.data import testing
+from train.eval import evaluate_checkpoint as evaluate
 
 CIFAR_SPEC = {"kind": "mean_std", "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}
 
@@ -32,7 +33,7 @@ def _steps(config, state, n=6):
     batch = {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), "label": np.arange(8) % 5}
     step = jax.jit(
         functools.partial(
-            train.train_step, mean=jnp.asarray(config.mean), std=jnp.asarray(config.std), pad=0, flip=False
+            steps.train_step, mean=jnp.asarray(config.mean), std=jnp.asarray(config.std), pad=0, flip=False
         )
     )
     losses = []
@@ -63,7 +64,7 @@ def test_frozen_backbone_is_bitwise_unchanged_and_the_head_trains(tmp_path):
 def test_seed_head_dense_relu_dense_trains_on_a_frozen_backbone(tmp_path):
     path, source = _backbone(tmp_path / "backbone")
     config, state = _state(_config(path, head_hidden=16))
-    assert set(finetune.head_names(config)) == {"head", "head_hidden"}
+    assert set(policy.FineTune.from_config(config).head) == {"head", "head_hidden"}
     assert state.params["head_hidden"]["kernel"].shape == (64, 16)
     assert state.params["head"]["kernel"].shape == (16, 5)
     before = {k: np.asarray(state.params[k]["kernel"]) for k in ("head", "head_hidden")}
@@ -102,12 +103,12 @@ def test_the_norm_follows_the_checkpoint_and_what_is_frozen(tmp_path, source, ov
     variables = model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 3)), train=False)
     meta = make_meta(name, model, preprocess=CIFAR_SPEC, origin="resnet-jax", step=0)
     path = save_checkpoint(tmp_path / "backbone", variables, meta)
-    config, init = finetune.resolve_config(_config(path, **overrides))
+    config, init, tune = finetune.resolve_config(_config(path, **overrides))
     built = build_model(config)
     assert (built.norm, built.norm_frozen_up_to) == (norm, frozen_up_to)
     if source == "group":  # params restored, no statistics expected or made up
-        fresh = train.create_train_state(jax.random.key(1), built, optax.sgd(0.1), (32, 32, 3))
-        state = finetune.initialize(config, fresh, init)
+        fresh = steps.create_train_state(jax.random.key(1), built, optax.sgd(0.1), (32, 32, 3))
+        state = finetune.initialize(tune, fresh, init)
         assert state.batch_stats == {}
         chex.assert_trees_all_equal(_backbone_of(variables["params"]), _backbone_of(state.params))
 
@@ -163,7 +164,7 @@ def test_fine_tune_run_end_to_end(tmp_path):
     assert evaluate(workdir)["accuracy"] == result["test_accuracy"]
     assert os.path.exists(os.path.join(workdir, "config.json"))
     # Independently of the eval program: the checkpoint alone, on raw uint8 test images, counted in numpy.
-    from train import tfds_data
+    from train.data import tfds_data
 
     images, labels = tfds_data.load_split(tfds_data.get_builder(config.dataset, data_dir), "test")
     logits = np.asarray(make_predict_fn(model)(variables, images))

@@ -8,33 +8,31 @@ import numpy as np
 import pytest
 
 from resnet_jax.preprocess import normalize
-from train import input_pipeline, tfds_data
-from train.train import make_mesh
+from train.data import memory, tfds_data
+from train.steps import make_mesh
 
 
 def test_batches_cover_each_epoch_once_and_depend_only_on_step():
     key = jax.random.PRNGKey(3)
     n, b = 50, 8  # 6 batches per epoch, 2 examples dropped
-    epoch0 = np.concatenate([np.asarray(input_pipeline.batch_indices(key, s, n, b)) for s in range(6)])
+    epoch0 = np.concatenate([np.asarray(memory.batch_indices(key, s, n, b)) for s in range(6)])
     assert len(set(epoch0.tolist())) == 48 and epoch0.min() >= 0 and epoch0.max() < n
-    epoch1 = np.concatenate([np.asarray(input_pipeline.batch_indices(key, s, n, b)) for s in range(6, 12)])
+    epoch1 = np.concatenate([np.asarray(memory.batch_indices(key, s, n, b)) for s in range(6, 12)])
     assert len(set(epoch1.tolist())) == 48
     assert not np.array_equal(epoch0, epoch1), "each epoch must have its own order"
-    jitted = jax.jit(input_pipeline.batch_indices, static_argnums=(2, 3))
+    jitted = jax.jit(memory.batch_indices, static_argnums=(2, 3))
     for s in (0, 5, 7, 100):
-        np.testing.assert_array_equal(
-            jitted(key, jnp.int32(s), n, b), input_pipeline.batch_indices(key, s, n, b)
-        )
+        np.testing.assert_array_equal(jitted(key, jnp.int32(s), n, b), memory.batch_indices(key, s, n, b))
     assert not np.array_equal(
-        input_pipeline.batch_indices(jax.random.PRNGKey(4), 0, n, b),
-        input_pipeline.batch_indices(key, 0, n, b),
+        memory.batch_indices(jax.random.PRNGKey(4), 0, n, b),
+        memory.batch_indices(key, 0, n, b),
     )
 
 
 def test_augment_is_a_window_of_the_zero_padded_image_maybe_mirrored():
     rng = np.random.default_rng(0)
     images = rng.integers(1, 256, (16, 8, 8, 3), dtype=np.uint8)  # no zeros, so padding is visible
-    out = np.asarray(input_pipeline.augment(jnp.asarray(images), jax.random.PRNGKey(1), pad=2, flip=True))
+    out = np.asarray(memory.augment(jnp.asarray(images), jax.random.PRNGKey(1), pad=2, flip=True))
     assert out.dtype == np.uint8 and out.shape == images.shape
     padded = np.pad(images, ((0, 0), (2, 2), (2, 2), (0, 0)))
     shifted = flipped = 0
@@ -46,7 +44,7 @@ def test_augment_is_a_window_of_the_zero_padded_image_maybe_mirrored():
         shifted += not np.array_equal(out[i], images[i]) and not np.array_equal(out[i], images[i][:, ::-1])
         flipped += bool(mirrored) and not plain
     assert shifted > 0 and flipped > 0, "16 draws should include shifted and flipped crops"
-    same = input_pipeline.augment(jnp.asarray(images), jax.random.PRNGKey(1), pad=0, flip=False)
+    same = memory.augment(jnp.asarray(images), jax.random.PRNGKey(1), pad=0, flip=False)
     np.testing.assert_array_equal(same, images)
 
 
@@ -61,7 +59,7 @@ def test_eval_split_is_padded_and_counts_every_example_once():
     mesh = make_mesh()
     images = np.arange(10 * 2 * 2 * 3, dtype=np.uint8).reshape(10, 2, 2, 3)
     labels = np.arange(10, dtype=np.int32)
-    split = input_pipeline.put_eval(images, labels, batch_size=8, mesh=mesh)
+    split = memory.put_eval(images, labels, batch_size=8, mesh=mesh)
     assert split.images.shape == (2, 8, 2, 2, 3) and split.num_examples == 10
     mask = np.asarray(split.mask).reshape(-1)
     assert mask.sum() == 10 and np.all(mask[:10] == 1) and np.all(mask[10:] == 0)
@@ -71,10 +69,10 @@ def test_eval_split_is_padded_and_counts_every_example_once():
 
 def test_per_pixel_spec_is_the_mean_image():
     imgs = np.random.default_rng(0).integers(0, 256, (5, 4, 4, 3), dtype=np.uint8)
-    spec = input_pipeline.preprocess_spec("per_pixel", (0.5,) * 3, (0.25,) * 3, imgs)
+    spec = memory.preprocess_spec("per_pixel", (0.5,) * 3, (0.25,) * 3, imgs)
     assert spec["kind"] == "mean_std" and np.asarray(spec["mean"]).shape == (4, 4, 3)
     np.testing.assert_allclose(spec["mean"], imgs.mean(0) / 255.0, atol=1e-6)
-    assert input_pipeline.preprocess_spec("mean_std", (0.1, 0.2, 0.3), (1, 1, 1))["mean"] == [0.1, 0.2, 0.3]
+    assert memory.preprocess_spec("mean_std", (0.1, 0.2, 0.3), (1, 1, 1))["mean"] == [0.1, 0.2, 0.3]
 
 
 def test_load_split_under_mock_data():
@@ -125,7 +123,7 @@ def test_real_cifar10_offline_copy(real_cifar10):
     # Channel means of CIFAR-10 (0.4914, 0.4822, 0.4465), shifted a little by the JPEG round trip.
     np.testing.assert_allclose(train_images.mean((0, 1, 2)) / 255, [0.4914, 0.4822, 0.4465], atol=0.005)
     mesh = make_mesh()
-    split = input_pipeline.put_eval(test_images, test_labels, 1024, mesh)
+    split = memory.put_eval(test_images, test_labels, 1024, mesh)
     assert float(split.mask.sum()) == 10_000 and split.images.shape[0] == 10
 
 

@@ -54,7 +54,7 @@ def test_install_cell_off_a_checkout_fails_in_one_line_on_a_placeholder_url(tmp_
 
 
 def test_notebook_runs(tmp_path, monkeypatch):
-    from train.testing import write_fake_dataset
+    from train.data.testing import write_fake_dataset
 
     data_dir = tmp_path / "data"
     dataset = write_fake_dataset(str(data_dir), num_train=64, num_test=32)

@@ -10,7 +10,7 @@ from flax import traverse_util
 from configs import cifar10_fast, cifar10_resnet20, cifar10_resnet110
 from train import optim
 from train.configuration import build_model
-from train.train import create_train_state
+from train.steps import create_train_state
 
 
 def lrs(config, steps, num_steps):

@@ -22,8 +22,8 @@ from tests.helpers import cached_env, saved_state, smoke_command, smoke_config, 
 from train import metrics as metrics_lib
 from train import train
 from train.configuration import ConfigError
-from train.run_state import TrainingDiverged
-from train.testing import write_fake_dataset
+from train.data.testing import write_fake_dataset
+from train.health import TrainingDiverged
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("compilation_cache")
@@ -200,7 +200,7 @@ def test_ctrl_c_is_acknowledged_at_once_saves_and_exits_130(data_dir, tmp_path, 
 
 @pytest.mark.parametrize("damage", ["dataset_info", "records"])
 def test_damaged_tfds_copy_is_one_clear_error(tmp_path, damage):
-    from train import tfds_data
+    from train.data import tfds_data
 
     write_fake_dataset(str(tmp_path), num_train=16, num_test=8)
     version_dir = tmp_path / "fake_cifar" / "1.0.0"

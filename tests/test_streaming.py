@@ -14,8 +14,8 @@ import pytest
 from jax.sharding import PartitionSpec
 from PIL import Image
 
-from train import image_folder, image_ops, streaming
-from train.train import make_mesh
+from train.data import image_folder, image_ops, sources, streaming
+from train.steps import make_mesh
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -164,7 +164,7 @@ def test_image_folder_errors_name_the_path_and_write_nothing(tmp_path):
     folder = image_folder.ImageFolder(tmp_path / "a")  # listed by name: fine until read
     msg = _error(folder.verify)
     assert "1 of 4 files" in msg and str(tmp_path / "a" / "dog" / "bad.jpg") in msg
-    t = streaming.Transform("resize", 8)
+    t = image_ops.Transform("resize", 8)
     item = folder[folder.paths.index("dog/bad.jpg")]
     assert str(tmp_path / "a" / "dog" / "bad.jpg") in _error(t, item["image"], None, item["path"])
     msg = _error(image_folder.check_same_classes, folder, image_folder.ImageFolder(tmp_path / "b"))
@@ -311,7 +311,7 @@ def test_tfds_data_source_under_mock_data():
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=40):
-        train, test = streaming.tfds_sources("cifar10", None)
+        train, test = sources.tfds_sources("cifar10", None)
         assert isinstance(train[0]["image"], bytes), "images must stay encoded for the workers"
         p = _pipeline(train, test, num_classes=10, eval_transform="none")
         assert p.image_shape == (32, 32, 3) and p.class_names is not None and len(p.class_names) == 10
@@ -324,9 +324,9 @@ def test_tfds_data_source_under_mock_data():
 def test_interpreter_exit_with_open_workers_does_not_hang(tmp_path):
     _write_tree(tmp_path / "d", {"a": 4, "b": 4})
     code = f"""
-from train import streaming
-from train.train import make_mesh
-from train.image_folder import ImageFolder
+from train.data import streaming
+from train.steps import make_mesh
+from train.data.image_folder import ImageFolder
 src = ImageFolder({str(tmp_path / "d")!r})
 p = streaming.StreamingPipeline(src, src, mesh=make_mesh(), batch_size=8, eval_batch_size=8, seed=0,
     image_size=8, num_workers=1)

@@ -9,9 +9,10 @@ import pytest
 
 from resnet_jax.checkpoint import load_checkpoint
 from tests.helpers import CLASSES, backbone_checkpoint, finetune_config, saved_state, write_image_folder
-from train import features, finetune, image_ops, streaming, train
-from train.image_folder import image_folder_sources
-from train.streaming_features import StreamingFeaturePipeline
+from train import finetune, policy, steps, train
+from train.cache.streaming import StreamingFeaturePipeline
+from train.data import image_ops, streaming
+from train.data.image_folder import image_folder_sources
 
 SPEC = {"kind": "mean_std", "mean": [0.5, 0.45, 0.4], "std": [0.25, 0.25, 0.25]}
 pytestmark = pytest.mark.usefixtures("compilation_cache")
@@ -43,7 +44,7 @@ def _config(folder, backbone_path, **overrides):
 def _pipeline(folder, train_transform, seed=0):
     sources = image_folder_sources(str(folder / "train"), str(folder / "test"))
     return streaming.StreamingPipeline(
-        *sources, mesh=train.make_mesh(), batch_size=8, eval_batch_size=8, seed=seed,
+        *sources, mesh=steps.make_mesh(), batch_size=8, eval_batch_size=8, seed=seed,
         train_transform=train_transform, eval_transform="none",
     )  # fmt: skip
 
@@ -90,20 +91,21 @@ def test_step_rows_are_the_streaming_pipelines_rows(folder):
 
 def test_random_host_augmentation_is_not_cached_and_says_why(folder, backbone):
     path, _ = backbone
-    config, _ = finetune.resolve_config(_config(folder, path, train_transform="pad_crop_flip"))
+    config, _, tune = finetune.resolve_config(_config(folder, path, train_transform="pad_crop_flip"))
     base = _pipeline(folder, "pad_crop_flip")
-    use, notice = features.should_cache(config, base, 64)
+    params = {"head": {"kernel": np.zeros((64, 4))}}
+    use, notice = tune.cache(config, base, params)
     assert not use and "train_transform='pad_crop_flip' augments at random on the host" in notice
     assert "--config.cache_features=False to silence this" in notice
-    base.train_transform = streaming.Transform("none", 0)
-    assert features.should_cache(config, base, 64) == (True, None)
+    base.train_transform = image_ops.Transform("none", 0)
+    assert tune.cache(config, base, params) == (True, None)
     base.close()
     # ImageNet at ResNet-50 on a 16 GiB device: 9.8 GiB of features do not fit; 10,000 images do.
-    assert features.fits_on_device(1_281_167, 2048, bytes_limit=16 * 2**30) == (
+    assert policy.fits_on_device(1_281_167, 2048, bytes_limit=16 * 2**30) == (
         False,
         "9.8 GiB of features exceed half a device's 16.0 GiB",
     )
-    assert features.fits_on_device(10_000, 2048, bytes_limit=16 * 2**30) == (True, "")
+    assert policy.fits_on_device(10_000, 2048, bytes_limit=16 * 2**30) == (True, "")
 
 
 def test_folder_recipe_takes_the_class_count_from_the_folders_and_caches(folder, backbone, tmp_path, capsys):

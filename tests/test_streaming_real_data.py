@@ -24,8 +24,9 @@ from resnet_jax.checkpoint import (
     model_from_meta,
     read_meta,
 )
-from train import programs, streaming, train
-from train.image_folder import image_folder_sources
+from train import programs, steps, train
+from train.data import streaming
+from train.data.image_folder import image_folder_sources
 from train.metrics import read_metrics
 
 
@@ -54,11 +55,11 @@ def in_memory_run(tmp_path_factory, offline_cifar10):
 
 def _streaming_accuracy(workdir: str, sources) -> float:
     """The checkpoint's test accuracy with eval batches from a StreamingPipeline over `sources`."""
-    mesh = train.make_mesh()
+    mesh = steps.make_mesh()
     step_dir = find_checkpoint(workdir)
     meta = read_meta(step_dir)
     variables = load_variables(step_dir, meta, sharding=NamedSharding(mesh, P()))
-    state = train.TrainState(
+    state = steps.TrainState(
         step=meta["step"], apply_fn=model_from_meta(meta).apply, tx=None, opt_state=None, **variables
     )
     spec = meta["preprocess"]
@@ -88,7 +89,7 @@ def test_in_memory_checkpoint_scores_the_same_through_the_streaming_path(in_memo
         root = request.getfixturevalue("cifar_folder")
         sources = image_folder_sources(os.path.join(root, "train"), os.path.join(root, "test"))
     else:
-        sources = streaming.tfds_sources("cifar10", request.getfixturevalue("cifar_array_record"))
+        sources = sources.tfds_sources("cifar10", request.getfixturevalue("cifar_array_record"))
     start = time.perf_counter()
     accuracy = _streaming_accuracy(workdir, sources)
     seconds = time.perf_counter() - start

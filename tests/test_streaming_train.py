@@ -17,8 +17,9 @@ import pytest
 from configs import smoke
 from resnet_jax.checkpoint import load_checkpoint
 from tests.helpers import CLASSES, assert_same_run, saved_state, write_image_folder
-from train import streaming, train
+from train import train
 from train.configuration import ConfigError, validate_config
+from train.data import streaming
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("compilation_cache")

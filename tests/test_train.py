@@ -17,9 +17,9 @@ from resnet_jax import ResNet
 from resnet_jax.preprocess import normalize
 from tests.helpers import smoke_config
 from train import metrics as metrics_lib
-from train import optim, train
+from train import optim, steps, train
 from train.configuration import ConfigError, build_model, validate_config
-from train.testing import write_fake_dataset
+from train.data.testing import write_fake_dataset
 
 MEAN, STD = jnp.asarray([0.49, 0.48, 0.45]), jnp.asarray([0.25, 0.24, 0.26])
 
@@ -31,7 +31,7 @@ def _state_and_batch(batch_size=16):
     model = ResNet(
         (1, 1, 1), (8, 16, 32), num_classes=10, stem_features=8, cifar_stem=True, shortcut="zero_pad"
     )
-    state = train.create_train_state(
+    state = steps.create_train_state(
         jax.random.PRNGKey(0), model, optim.create_optimizer(c, 100), (32, 32, 3)
     )
     rng = np.random.default_rng(0)
@@ -44,10 +44,10 @@ def _state_and_batch(batch_size=16):
 
 def _one_step(devices):
     state, batch = _state_and_batch()
-    mesh = train.make_mesh(devices)
+    mesh = steps.make_mesh(devices)
     replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
     step = jax.jit(
-        lambda s, b, r: train.train_step(s, b, r, mean=MEAN, std=STD),
+        lambda s, b, r: steps.train_step(s, b, r, mean=MEAN, std=STD),
         in_shardings=(replicated, sharded, replicated),
         out_shardings=(replicated, replicated),
     )
@@ -72,7 +72,7 @@ def test_eight_devices_match_one_device():
 
 def test_train_step_learns_a_fixed_batch():
     state, batch = _state_and_batch()
-    step = jax.jit(lambda s, b, r: train.train_step(s, b, r, mean=MEAN, std=STD, pad=0, flip=False))
+    step = jax.jit(lambda s, b, r: steps.train_step(s, b, r, mean=MEAN, std=STD, pad=0, flip=False))
     losses = []
     for i in range(8):
         state, m = step(state, batch, jax.random.PRNGKey(i))
@@ -87,18 +87,18 @@ def test_cross_entropy_with_label_smoothing_matches_formula():
     logp = jax.nn.log_softmax(logits)
     eps = 0.1
     target = np.full((2, 3), eps / 3) + (1 - eps) * np.eye(3)[[0, 2]]
-    np.testing.assert_allclose(train.cross_entropy(logits, labels, eps), -(target * logp).sum(-1), rtol=1e-6)
-    np.testing.assert_allclose(train.cross_entropy(logits, labels), -logp[jnp.arange(2), labels], rtol=1e-6)
+    np.testing.assert_allclose(steps.cross_entropy(logits, labels, eps), -(target * logp).sum(-1), rtol=1e-6)
+    np.testing.assert_allclose(steps.cross_entropy(logits, labels), -logp[jnp.arange(2), labels], rtol=1e-6)
 
 
 def test_eval_step_ignores_padding():
     state, batch = _state_and_batch(8)
-    full = train.eval_step(state, {**batch, "mask": np.ones(8, np.float32)}, mean=MEAN, std=STD)
-    first5 = train.eval_step(
+    full = steps.eval_step(state, {**batch, "mask": np.ones(8, np.float32)}, mean=MEAN, std=STD)
+    first5 = steps.eval_step(
         state, {k: v[:5] for k, v in batch.items()} | {"mask": np.ones(5, np.float32)}, mean=MEAN, std=STD
     )
     padded = {"image": batch["image"].copy(), "label": batch["label"], "mask": np.r_[np.ones(5), np.zeros(3)]}
-    masked = train.eval_step(state, padded, mean=MEAN, std=STD)
+    masked = steps.eval_step(state, padded, mean=MEAN, std=STD)
     assert float(full["count"]) == 8 and float(masked["count"]) == 5
     np.testing.assert_allclose(masked["loss"], first5["loss"], rtol=1e-5)
     assert float(masked["correct"]) == float(first5["correct"])
@@ -122,11 +122,11 @@ def test_eval_step_hflip_averages_the_softmax_of_both_views(mean):
     # counts are known and (for this init) differ wherever the two predictions differ.
     labels = np.r_[averaged[:12], single[12:]].astype(np.int32)
     mask = np.r_[np.ones(14), np.zeros(2)].astype(np.float32)
-    sums = train.eval_step(state, {**batch, "label": labels, "mask": mask}, mean=mean, std=STD, hflip=True)
+    sums = steps.eval_step(state, {**batch, "label": labels, "mask": mask}, mean=mean, std=STD, hflip=True)
     assert float(sums["correct_hflip"]) == float(((averaged == labels) * mask).sum())
     assert float(sums["correct"]) == float(((single == labels) * mask).sum())
     assert float(sums["correct_hflip"]) >= 12
-    assert "correct_hflip" not in train.eval_step(state, {**batch, "mask": mask}, mean=MEAN, std=STD)
+    assert "correct_hflip" not in steps.eval_step(state, {**batch, "mask": mask}, mean=MEAN, std=STD)
 
 
 def test_validate_config_lists_every_problem():
@@ -159,7 +159,8 @@ def test_train_and_evaluate_writes_everything(data_dir, tmp_path):
     records = metrics_lib.read_metrics(str(tmp_path / "metrics.jsonl"))
     train_rows = [r for r in records if r["split"] == "train"]
     test_rows = [r for r in records if r["split"] == "test"]
-    assert [r["step"] for r in train_rows] == [2, 4, 6, 8, 10, 12]
+    # Step 1 too: the first loss shows as soon as the program has compiled, whatever log_every_steps is.
+    assert [r["step"] for r in train_rows] == [1, 2, 4, 6, 8, 10, 12]
     assert [r["step"] for r in test_rows] == [6, 12]
     assert all({"loss", "accuracy", "lr", "img_per_sec"} <= set(r) for r in train_rows)
     assert all(r["examples"] == 20 for r in test_rows), "eval must count each of the 20 test examples once"
@@ -183,18 +184,18 @@ def test_half_precision_step_keeps_float32_params():
     c = smoke.get_config()
     c.half_precision = True
     model = build_model(c)
-    state = train.create_train_state(jax.random.PRNGKey(0), model, optax.sgd(0.1), (32, 32, 3))
+    state = steps.create_train_state(jax.random.PRNGKey(0), model, optax.sgd(0.1), (32, 32, 3))
     _, batch = _state_and_batch(4)
-    state, m = jax.jit(lambda s, b, r: train.train_step(s, b, r, mean=MEAN, std=STD))(
+    state, m = jax.jit(lambda s, b, r: steps.train_step(s, b, r, mean=MEAN, std=STD))(
         state, batch, jax.random.PRNGKey(0)
     )
     assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
     assert np.isfinite(float(m["loss"]))
     # bf16 is really used: the same step in float32 gives other numbers.
-    f32 = train.create_train_state(
+    f32 = steps.create_train_state(
         jax.random.PRNGKey(0), build_model(smoke.get_config()), optax.sgd(0.1), (32, 32, 3)
     )
-    _, m32 = jax.jit(lambda s, b, r: train.train_step(s, b, r, mean=MEAN, std=STD))(
+    _, m32 = jax.jit(lambda s, b, r: steps.train_step(s, b, r, mean=MEAN, std=STD))(
         f32, batch, jax.random.PRNGKey(0)
     )
     assert float(m["loss"]) != float(m32["loss"])
@@ -202,7 +203,7 @@ def test_half_precision_step_keeps_float32_params():
 
 def test_half_precision_run_trains_checkpoints_evaluates_and_resumes(tmp_path):
     from resnet_jax.checkpoint import load_checkpoint
-    from train.eval import evaluate
+    from train.eval import evaluate_checkpoint as evaluate
 
     data_dir = str(tmp_path / "data")
     write_fake_dataset(data_dir, num_train=64, num_test=20)

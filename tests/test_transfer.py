@@ -17,8 +17,10 @@ from resnet_jax import make_predict_fn
 from resnet_jax.checkpoint import load_checkpoint, make_meta, save_checkpoint
 from resnet_jax.preprocess import normalize, resize_images
 from tests.helpers import backbone_checkpoint, finetune_config, finetune_state
-from train import features, finetune, input_pipeline, programs, testing, train
+from train import finetune, policy, programs, steps, train
+from train.cache import memory as cache_memory
 from train.configuration import ConfigError, build_model, validate_config
+from train.data import memory, testing
 
 SPEC = {"kind": "mean_std", "mean": [0.5, 0.45, 0.4], "std": [0.25, 0.25, 0.25]}
 
@@ -41,35 +43,35 @@ def test_cached_features_train_the_head_as_the_whole_network_does(tmp_path):
     """Same initial params, same batches, flips served from mirrored features: logits within 1e-5."""
     path, _ = _backbone(tmp_path / "backbone")
     config, state = _state(_config(path, pad=0, flip=True, head_hidden=6, learning_rate=0.5))
-    mesh = train.make_mesh()
+    mesh = steps.make_mesh()
     state = jax.device_put(state, NamedSharding(mesh, P()))  # replicated, as train_and_evaluate makes it
     mean, std = jnp.asarray(config.mean), jnp.asarray(config.std)
     key = jax.random.key(3)
-    pipeline = input_pipeline.InMemoryPipeline(
-        input_pipeline.put_train(*_split(24, 0), mesh),
-        input_pipeline.put_eval(*_split(12, 1), 8, mesh),
+    pipeline = memory.InMemoryPipeline(
+        memory.put_train(*_split(24, 0), mesh),
+        memory.put_eval(*_split(12, 1), 8, mesh),
         batch_size=8,
         data_key=key,
         preprocess=SPEC,
         num_classes=5,
     )
-    assert features.should_cache(config, pipeline) == (True, None)
+    assert policy.FineTune.from_config(config).cache(config, pipeline, state.params) == (True, None)
     model = build_model(config)
-    cached = features.FeaturePipeline.build(
+    cached = cache_memory.FeaturePipeline.build(
         pipeline, model, state, mean=mean, std=std, mesh=mesh, batch_size=8, flip=True, eval_hflip=True
     )
     assert cached.train["features"].shape == (24, 64) and cached.eval["features"].shape == (2, 8, 64)
     head = model.head_module()
     runs = {
         "images": (
-            functools.partial(train.train_step, mean=mean, std=std, pad=0, flip=True),
+            functools.partial(steps.train_step, mean=mean, std=std, pad=0, flip=True),
             pipeline,
-            train.make_eval_fn(mesh, mean, std, hflip=True),
+            programs.image_eval(mesh, mean, std, hflip=True),
         ),
         "features": (
-            functools.partial(features.head_train_step, head=head, flip=True),
+            functools.partial(steps.head_train_step, head=head, flip=True),
             cached,
-            features.make_eval_fn(mesh, head, hflip=True),
+            programs.head_eval(mesh, head, hflip=True),
         ),
     }
     out = {}
@@ -101,11 +103,16 @@ def test_cached_features_train_the_head_as_the_whole_network_does(tmp_path):
 
 def test_crop_augmentation_and_no_freeze_are_not_cached(tmp_path):
     path, _ = _backbone(tmp_path / "backbone")
-    pipeline = input_pipeline.InMemoryPipeline.__new__(input_pipeline.InMemoryPipeline)
-    use, notice = features.should_cache(finetune.resolve_config(_config(path, pad=4))[0], pipeline)
+    pipeline = memory.InMemoryPipeline.__new__(memory.InMemoryPipeline)
+    params = {"head": {"kernel": np.zeros((64, 5))}}
+
+    def cache(config):
+        return policy.FineTune.from_config(config).cache(config, pipeline, params)
+
+    use, notice = cache(finetune.resolve_config(_config(path, pad=4))[0])
     assert not use and "pad=4 crops at random" in notice and notice.count("\n") == 0
-    assert features.should_cache(_config(path, pad=0, cache_features=False), pipeline) == (False, None)
-    assert features.should_cache(_config(path, pad=0, freeze_backbone=False), pipeline) == (False, None)
+    assert cache(_config(path, pad=0, cache_features=False)) == (False, None)
+    assert cache(_config(path, pad=0, freeze_backbone=False)) == (False, None)
 
 
 def _fake_data(tmp_path, config):
@@ -130,8 +137,8 @@ def test_resized_run_predicts_raw_images_as_its_eval_step_did(tmp_path, capsys):
     chex.assert_trees_all_equal(
         _without(source["params"], ("head",)), _without(variables["params"], ("head",))
     )
-    from train import tfds_data
-    from train.eval import evaluate
+    from train.data import tfds_data
+    from train.eval import evaluate_checkpoint as evaluate
 
     images, labels = tfds_data.load_split(tfds_data.get_builder(config.dataset, data_dir), "test")
     predict = make_predict_fn(model)
@@ -170,7 +177,7 @@ def test_partial_freeze_keeps_early_parts_bitwise_and_scales_the_backbone_rate(t
     rng = np.random.default_rng(0)
     batch = {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8), "label": np.arange(8) % 5}
     mean, std = jnp.asarray(SPEC["mean"]), jnp.asarray(SPEC["std"])
-    step = jax.jit(functools.partial(train.train_step, mean=mean, std=std, pad=0, flip=False))
+    step = jax.jit(functools.partial(steps.train_step, mean=mean, std=std, pad=0, flip=False))
     s = state
     for i in range(2):
         s, _ = step(s, batch, jax.random.key(i))

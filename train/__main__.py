@@ -71,15 +71,15 @@ def main(argv: list[str]) -> None:
             process_id=config.process_id,
         )
     from resnet_jax.checkpoint import CheckpointError
-    from train import run_state, tfds_data, train
+    from train import health, train
     from train.configuration import ConfigError
+    from train.data import tfds_data
 
-    tfds_data.hide_gpus_from_tensorflow()
     try:
         result = train.train_and_evaluate(config, FLAGS.workdir)
     except (ConfigError, tfds_data.DatasetUnavailableError, CheckpointError) as e:
         sys.exit(f"error: {e}")
-    except run_state.TrainingDiverged as e:
+    except health.TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_DIVERGED)
     if result["stopped_by"] in ("SIGTERM", "SIGINT"):

@@ -13,6 +13,7 @@ import flax.linen as nn
 import resnet_jax
 from resnet_jax.models import min_image_size
 from train import optim
+from train.data.image_ops import SIZED_TRANSFORMS, TRANSFORMS
 
 if TYPE_CHECKING:  # annotations only: the GPU image without ml_collections imports this module
     import ml_collections
@@ -20,9 +21,6 @@ if TYPE_CHECKING:  # annotations only: the GPU image without ml_collections impo
 NORMALIZATIONS = ("mean_std", "per_pixel")
 PIPELINES = ("memory", "grain")
 DATA_SOURCES = ("tfds", "folder")
-# train/image_ops.TRANSFORMS, repeated so that validating a config imports no image library.
-TRANSFORMS = ("random_resized_crop", "resize_shorter_center_crop", "resize", "pad_crop_flip", "none")
-SIZED_TRANSFORMS = ("random_resized_crop", "resize_shorter_center_crop", "resize")
 
 
 class ConfigError(ValueError):
@@ -207,22 +205,3 @@ def _check_pipeline(config: ml_collections.ConfigDict, check, one_of) -> None:
             config[field] not in SIZED_TRANSFORMS or config.image_size > 0,
             f"{field}={config[field]!r} needs --config.image_size>0 (the side it outputs)",
         )
-
-
-def differing_fields(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-    """'field: saved -> now' for every top-level field whose value differs from a saved config.json."""
-    now = config.to_dict()
-    keys = sorted(set(saved) | set(now))
-    return [
-        f"{k}: {saved.get(k)!r} -> {now.get(k)!r}"
-        for k in keys
-        if _jsonable(saved.get(k)) != _jsonable(now.get(k))
-    ]
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple | list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value

@@ -1,88 +1,102 @@
-"""`python -m train.eval --workdir DIR [--step N]`: a run checkpoint's accuracy on the whole test split.
+"""`python -m train.eval --workdir DIR [--step N]`: a run checkpoint's accuracy on the whole eval split.
 
-The dataset, split and eval batch size come from the run's DIR/config.json; the model and its
-normalisation from the checkpoint's meta; batches and per-batch sums from the training program's
-input pipeline and `eval_step`. So the accuracy of the latest checkpoint equals the final evaluation
-the run logged in DIR/metrics.jsonl.
+The data comes through the run's own input pipeline, rebuilt from its config (train/run_config.py): the
+in-memory tfds dataset, grain over tfds, or image folders, with the run's eval transform, eval batch
+size and resize.
+The model and its normalisation come from the checkpoint's meta, the per-batch sums from the training
+program's eval step. So the accuracy of the final checkpoint equals the final evaluation the run logged
+in DIR/metrics.jsonl. `--data_dir`, `--split` and `--eval_dir` point the same pipeline at other data.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from typing import Any
 
+import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax.checkpoint import CheckpointError, find_checkpoint, load_variables, model_from_meta, read_meta
 from resnet_jax.preprocess import as_mean_std
-from train import input_pipeline, programs, tfds_data, train
+from train import programs, run_config, steps
+from train.data import create as data_create
+from train.data import tfds_data
 
 
-def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run saved as `workdir`/config.json.
-
-    Raises:
-      FileNotFoundError: naming the file when the workdir holds no config.
-    """
-    path = os.path.join(os.path.abspath(workdir), "config.json")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} not found: --workdir must be a training run's directory")
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
-
-
-def evaluate(
+def evaluate_checkpoint(
     workdir: str,
     *,
     step: int | None = None,
     data_dir: str | None = None,
     split: str | None = None,
+    eval_dir: str | None = None,
     hflip: bool = False,
 ) -> dict[str, Any]:
-    """Evaluates a run's checkpoint over a whole split.
+    """Evaluates a run's checkpoint over a whole eval split, through the run's own input pipeline.
 
     Args:
       workdir: the training run's directory (config.json and checkpoints/).
       step: the checkpoint to evaluate; default the latest.
       data_dir: tfds data dir; default the run's config.data_dir.
-      split: the split; default the run's config.eval_split.
-      hflip: also report 'accuracy_hflip' (flip test-time augmentation, see train.eval_step).
+      split: the tfds split; default the run's config.eval_split.
+      eval_dir: an image folder (root/<class>/<image>) to evaluate on instead of the run's eval_dir
+        (folder runs only: the classes must be the run's).
+      hflip: also report 'accuracy_hflip' (flip test-time augmentation, see steps.eval_step).
 
     Returns:
-      {'accuracy', 'loss', 'examples', 'step', 'checkpoint'} and 'accuracy_hflip' if `hflip`.
+      {'accuracy', 'accuracy_top5', 'loss', 'examples', 'step', 'checkpoint'} and 'accuracy_hflip' if
+      `hflip`.
+
+    Raises:
+      FileNotFoundError, CheckpointError, DatasetUnavailableError, ValueError: one line each.
     """
-    config = load_config(workdir)
-    mesh = train.make_mesh()
+    config = run_config.load(workdir)
+    if eval_dir and not (config.get("pipeline") == "grain" and config.get("data_source") == "folder"):
+        raise ValueError("--eval_dir is for runs on image folders; this run read a tfds dataset (--data_dir)")
+    overrides = {"data_dir": data_dir, "eval_split": split, "eval_dir": eval_dir}
+    config.update({k: v for k, v in overrides.items() if v})
+    mesh = steps.make_mesh()
     if config.eval_batch_size % mesh.size:
         raise ValueError(
             f"the run's eval_batch_size {config.eval_batch_size} is not a multiple of the {mesh.size} devices"
         )
     step_dir = find_checkpoint(workdir, step=step)
     meta = read_meta(step_dir)
+    mean, std, reverse_channels = as_mean_std(meta["preprocess"])
+    if reverse_channels:  # a run's own checkpoints are RGB: fine-tuning turned a Keras stem around
+        raise ValueError(f"{step_dir} expects BGR (Keras 'caffe') input: evaluate it with make_predict_fn")
     model = model_from_meta(meta)
     variables = load_variables(step_dir, meta, sharding=NamedSharding(mesh, P()))
-    mean, std, reverse_channels = as_mean_std(meta["preprocess"])
-
-    builder = tfds_data.get_builder(config.dataset, data_dir or config.data_dir)
-    images, labels = tfds_data.load_split(builder, split or config.eval_split)
-    if reverse_channels:
-        images = np.ascontiguousarray(images[..., ::-1])
-    # A run that resized its images (config.image_size) recorded the size it trained at: resize the same way.
-    size = tuple(meta.get("image_size") or images.shape[1:3])
-    resize_to = size if size != tuple(images.shape[1:3]) else 0
-    data = input_pipeline.put_eval(images, labels, config.eval_batch_size, mesh)
-    state = train.TrainState(step=meta["step"], apply_fn=model.apply, tx=None, opt_state=None, **variables)
-    eval_fn = train.make_eval_fn(
-        mesh, jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32), hflip=hflip, image_size=resize_to
+    state = steps.TrainState(
+        step=meta["step"],
+        apply_fn=model.apply,
+        tx=None,
+        opt_state=None,
+        params=variables["params"],
+        batch_stats=variables.get("batch_stats", {}),
     )
-    stack = {"image": data.images, "label": data.labels, "mask": data.mask}
-    return {**programs.evaluate(eval_fn, state, [stack]), "step": meta["step"], "checkpoint": str(step_dir)}
+    pipeline = data_create.create(config, mesh, jax.random.PRNGKey(config.seed), eval_only=True)
+    try:
+        mean, std = jnp.asarray(mean, jnp.float32), jnp.asarray(std, jnp.float32)
+        eval_fn = programs.image_eval(mesh, mean, std, hflip=hflip, image_size=pipeline.resize_to)
+        result = programs.evaluate(eval_fn, state, pipeline.eval_inputs())
+    finally:
+        pipeline.close()
+    return {**result, "step": meta["step"], "checkpoint": str(step_dir)}
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """The one line train.eval prints: each figure once."""
+    text = (
+        f"test accuracy {result['accuracy']:.4f}, top-5 {result['accuracy_top5']:.4f}, loss "
+        f"{result['loss']:.4f} on {result['examples']} examples"
+    )
+    if "accuracy_hflip" in result:
+        text += f"; with flip test-time augmentation {result['accuracy_hflip']:.4f}"
+    return f"{text} (checkpoint {result['checkpoint']}, step {result['step']})"
 
 
 def main(argv: list[str]) -> None:
@@ -91,23 +105,17 @@ def main(argv: list[str]) -> None:
     del argv
     # orbax and tfds log at INFO through absl; the result is the one line this prints.
     logging.set_verbosity(logging.WARNING)
-    tfds_data.hide_gpus_from_tensorflow()
     from resnet_jax.compilation_cache import enable_compilation_cache
 
     enable_compilation_cache()  # RESNET_JAX_CACHE_DIR=off disables it
-    flags_ = flags.FLAGS
+    f = flags.FLAGS
     try:
-        result = evaluate(
-            flags_.workdir, step=flags_.step, data_dir=flags_.data_dir, split=flags_.split, hflip=flags_.hflip
+        result = evaluate_checkpoint(
+            f.workdir, step=f.step, data_dir=f.data_dir, split=f.split, eval_dir=f.eval_dir, hflip=f.hflip
         )
     except (FileNotFoundError, ValueError, CheckpointError, tfds_data.DatasetUnavailableError) as e:
         sys.exit(f"error: {e}")
-    print(
-        f"test accuracy {result['accuracy']:.4f} ({result['accuracy']!r}) loss {result['loss']:.4f} "
-        f"on {result['examples']} examples, checkpoint {result['checkpoint']} (step {result['step']})"
-    )
-    if "accuracy_hflip" in result:
-        print(f"with flip test-time augmentation: test accuracy {result['accuracy_hflip']:.4f}")
+    print(format_result(result))
 
 
 def _define_flags() -> None:
@@ -117,7 +125,8 @@ def _define_flags() -> None:
     flags.mark_flag_as_required("workdir")
     flags.DEFINE_integer("step", None, "Checkpoint step to evaluate (default: the latest).")
     flags.DEFINE_string("data_dir", None, "tfds data dir (default: the run's config.data_dir).")
-    flags.DEFINE_string("split", None, "Split to evaluate (default: the run's config.eval_split).")
+    flags.DEFINE_string("split", None, "tfds split to evaluate (default: the run's config.eval_split).")
+    flags.DEFINE_string("eval_dir", None, "Image folder to evaluate on (default: the run's eval_dir).")
     flags.DEFINE_bool("hflip", False, "Also report accuracy with flip test-time augmentation.")
 
 

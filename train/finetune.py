@@ -3,13 +3,13 @@
 With `config.init_checkpoint` set, `train_and_evaluate` makes two explicit calls here:
 
   resolve_config   before anything else: the checkpoint's meta (read once) gives the architecture and
-                   the input normalisation; the BatchNorms of the frozen part (`frozen_part`: all of
-                   them with `freeze_backbone`) use and keep their running statistics
+                   the input normalisation, and the fine-tune policy (train.policy.FineTune) is decided;
+                   the BatchNorms of the frozen part use and keep their running statistics
   initialize       on a fresh start only (a resumed run restores its own checkpoint instead): every
                    variable outside the head comes from the checkpoint (restore_matching: a shape
                    mismatch is an error listing every key)
 
-`create_optimizer` wraps the optimiser so that frozen parameters get zero updates and the rest of the
+`wrap_optimizer` wraps the optimiser so that frozen parameters get zero updates and the rest of the
 backbone trains at `backbone_lr_multiplier` times the head's rate. The checkpoint may
 be this project's, or one converted from torchvision or Keras weights by `python -m resnet_jax.convert`.
 """
@@ -35,9 +35,7 @@ from resnet_jax.checkpoint import (
 from resnet_jax.models import freeze_points
 from resnet_jax.preprocess import as_mean_std
 from train.configuration import ConfigError
-
-# The hidden head layer belongs to the head: a new head never inherits the checkpoint's.
-HIDDEN_HEAD = "head_hidden"
+from train.policy import HIDDEN_HEAD, FineTune
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,8 +46,11 @@ class InitCheckpoint:
     meta: dict[str, Any]
 
 
-def resolve_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.ConfigDict, InitCheckpoint]:
-    """A copy of `config` with the model and normalisation of `config.init_checkpoint`, and that checkpoint.
+def resolve_config(
+    config: ml_collections.ConfigDict,
+) -> tuple[ml_collections.ConfigDict, InitCheckpoint, FineTune]:
+    """A copy of `config` with the model and normalisation of `config.init_checkpoint`, that checkpoint,
+    and the run's fine-tune policy.
 
     The model keeps the checkpoint's architecture (`model`, `model_kwargs`) with the config's own
     num_classes and head_hidden. The normalisation becomes the checkpoint's preprocess spec; a Keras
@@ -78,7 +79,8 @@ def resolve_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.Co
     kwargs = {k: v for k, v in meta["model_kwargs"].items() if k not in drop}
     if config.head_hidden:
         kwargs[HIDDEN_HEAD] = config.head_hidden
-    frozen = frozen_part(config)
+    policy = FineTune.from_config(config)
+    frozen = policy.frozen
     points = freeze_points(len(resnet_jax.create_model(meta["model"], **kwargs).stage_sizes))
     if frozen not in points:
         raise ConfigError(
@@ -97,33 +99,26 @@ def resolve_config(config: ml_collections.ConfigDict) -> tuple[ml_collections.Co
     config.normalization = "mean_std"
     config.mean = tuple(float(m) for m in (mean[::-1] if reverse_channels else mean))
     config.std = tuple(float(s) for s in std)
-    return config, InitCheckpoint(step_dir, meta)
+    return config, InitCheckpoint(step_dir, meta), policy
 
 
-def frozen_part(config: ml_collections.ConfigDict) -> str:
-    """What stays fixed: 'all' (freeze_backbone: everything but the head), else config.freeze_up_to
-    ('none', 'stem', 'stage{k}': the stem and stages 1..k)."""
-    return "all" if config.freeze_backbone else config.freeze_up_to
-
-
-def head_names(config: ml_collections.ConfigDict) -> tuple[str, ...]:
-    """Top-level parameter names that start fresh: config.head_modules and the hidden head layer."""
-    return tuple(dict.fromkeys((*config.head_modules, HIDDEN_HEAD)))
-
-
-def create_optimizer(
-    config: ml_collections.ConfigDict, tx: optax.GradientTransformation
+def wrap_optimizer(
+    config: ml_collections.ConfigDict, policy: FineTune, tx: optax.GradientTransformation
 ) -> optax.GradientTransformation:
     """`tx` with zero updates for the frozen part and the backbone's rate scaled; else `tx` unchanged.
 
-    The head (head_names) trains with `tx`; frozen parameters (`frozen_part`) get zero updates; the
+    The head (policy.head) trains with `tx`; frozen parameters (policy.frozen) get zero updates; the
     rest of the backbone gets `tx`'s updates times `backbone_lr_multiplier` (for SGD with momentum, and
     for any optimiser whose update is linear in the rate, the same as a learning rate that much smaller).
+
+    Args:
+      config: the resolved config (its model).
+      policy: the run's fine-tune policy (resolve_config's).
+      tx: the optimiser for the head.
     """
-    frozen, multiplier = frozen_part(config), float(config.backbone_lr_multiplier)
+    frozen, multiplier, head = policy.frozen, policy.backbone_lr_multiplier, policy.head
     if frozen == "none" and multiplier == 1.0:
         return tx
-    head = head_names(config)
     points = freeze_points(len(resnet_jax.create_model(config.model, **config.model_kwargs).stage_sizes))
     through = points.index(frozen) - 1  # parts 0 (stem) .. through are frozen
 
@@ -151,11 +146,11 @@ def part_of(name: str, num_stages: int) -> int:
     return num_stages + 1
 
 
-def initialize(config: ml_collections.ConfigDict, state: Any, init: InitCheckpoint) -> Any:
+def initialize(policy: FineTune, state: Any, init: InitCheckpoint) -> Any:
     """`state` with every variable outside the head taken from the init checkpoint.
 
     Args:
-      config: the resolved config (see `resolve_config`).
+      policy: the run's fine-tune policy (which parameters start fresh).
       state: a fresh train state (params, batch_stats) of the fine-tune model.
       init: the checkpoint `resolve_config` returned.
 
@@ -170,7 +165,7 @@ def initialize(config: ml_collections.ConfigDict, state: Any, init: InitCheckpoi
     target = {"params": state.params, "batch_stats": state.batch_stats}
     # The hidden layer is skipped wherever it exists; a head_modules name that matches nothing is an error.
     hidden = HIDDEN_HEAD in state.params or HIDDEN_HEAD in source["params"]
-    skip = tuple(n for n in head_names(config) if n != HIDDEN_HEAD or hidden)
+    skip = tuple(n for n in policy.head if n != HIDDEN_HEAD or hidden)
     restored = restore_matching(target, source, skip=skip)
     # A GroupNorm model has no batch statistics: nothing of them is restored.
     return state.replace(params=restored["params"], batch_stats=restored.get("batch_stats", {}))

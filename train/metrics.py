@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 
@@ -37,17 +38,22 @@ class MetricsWriter:
         """Logs `metrics` (JSON-able scalars) for `split` ('train' or 'test') at `step`."""
         if not self.enabled:
             return
-        record = {"step": int(step), "split": split, **metrics}
+        record = {"step": int(step), "split": split, **{k: _finite_or_none(v) for k, v in metrics.items()}}
         with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(record, allow_nan=False) + "\n")
         for k, v in metrics.items():
-            if isinstance(v, int | float):
+            if isinstance(v, int | float) and math.isfinite(v):
                 self._tb.add_scalar(f"{split}/{k}", v, step)
         self._tb.flush()
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _finite_or_none(value: Any) -> Any:
+    # JSON has no NaN or infinity: a non-finite figure (a diverged evaluation) is written as null.
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def read_metrics(path: str) -> list[dict[str, Any]]:

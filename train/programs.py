@@ -1,7 +1,8 @@
 """The two compiled programs of the training loop: one training step with its batch, and an evaluation.
 
 Both take the pipeline's inputs as arguments (never closures), so a streaming pipeline's fresh batch
-and the in-memory pipeline's resident split go through the same code.
+and the in-memory pipeline's resident split go through the same code. The steps they run are
+train/steps.py's: over images, or over cached features (the head_* steps).
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ import functools
 from collections.abc import Callable
 from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-SUM_KEYS = ("loss", "correct", "count")
+from train import steps
+
+SUM_KEYS = ("loss", "correct", "correct_top5", "count")
 
 
 def init_compiler_options() -> dict[str, Any]:
@@ -33,7 +37,8 @@ def zero_sums() -> dict[str, jax.Array]:
     """The running sums of a logging window (kept on the device and in checkpoints, for exact resume).
 
     nonfinite counts steps whose loss or updated parameters were not finite; first_nonfinite is the
-    first such step (2**31 - 1 while there is none).
+    first such step (2**31 - 1 while there is none); param_norm is the parameters' global norm after the
+    window's last step (train/health.py).
     """
     return {
         "loss": jnp.float32(0),
@@ -41,6 +46,7 @@ def zero_sums() -> dict[str, jax.Array]:
         "steps": jnp.float32(0),
         "nonfinite": jnp.int32(0),
         "first_nonfinite": jnp.int32(2**31 - 1),
+        "param_norm": jnp.float32(0),
     }
 
 
@@ -66,7 +72,8 @@ def make_train_fn(
         batch = jax.lax.with_sharding_constraint(device_batch(inputs, step), sharded)
         state, m = step_fn(state, batch, jax.random.fold_in(aug_key, step))
         # One reduction over the new parameters: a divergence is seen at the next host read-back.
-        finite = jnp.isfinite(m["loss"]) & jnp.isfinite(optax.tree.norm(state.params))
+        param_norm = optax.tree.norm(state.params)
+        finite = jnp.isfinite(m["loss"]) & jnp.isfinite(param_norm)
         sums = {
             "loss": sums["loss"] + m["loss"],
             "accuracy": sums["accuracy"] + m["accuracy"],
@@ -75,19 +82,20 @@ def make_train_fn(
             "first_nonfinite": jnp.where(
                 finite, sums["first_nonfinite"], jnp.minimum(sums["first_nonfinite"], step + 1)
             ),
+            "param_norm": param_norm.astype(jnp.float32),
         }
         return state, sums, step + 1
 
     return jax.jit(run, out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
 
 
-def make_eval_fn(
+def compile_eval(
     eval_step: Callable, mesh: Mesh, *, keys: tuple[str, ...] = SUM_KEYS
 ) -> Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]:
     """A jitted `eval_fn(state, stack)` summing `eval_step` over a stack of padded eval batches.
 
     Args:
-      eval_step: `eval_step(state, batch) -> sums` with its options bound (see train.eval_step).
+      eval_step: `eval_step(state, batch) -> sums` with its options bound (see steps.eval_step).
       mesh: the device mesh; each batch is sharded over its 'data' axis.
       keys: the sums eval_step returns.
 
@@ -108,6 +116,23 @@ def make_eval_fn(
     return eval_fn
 
 
+def image_eval(
+    mesh: Mesh, mean: jax.Array, std: jax.Array, *, hflip: bool = False, image_size: int | tuple = 0
+) -> Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]:
+    """compile_eval over steps.eval_step (uint8 image stacks): eval_fn(state, stack) -> sums."""
+    keys = SUM_KEYS + (("correct_hflip",) if hflip else ())
+    step = functools.partial(steps.eval_step, mean=mean, std=std, hflip=hflip, image_size=image_size)
+    return compile_eval(step, mesh, keys=keys)
+
+
+def head_eval(
+    mesh: Mesh, head: nn.Module, *, hflip: bool = False
+) -> Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]:
+    """compile_eval over steps.head_eval_step (cached-feature stacks): eval_fn(state, stack) -> sums."""
+    keys = SUM_KEYS + (("correct_hflip",) if hflip else ())
+    return compile_eval(functools.partial(steps.head_eval_step, head=head, hflip=hflip), mesh, keys=keys)
+
+
 def evaluate(eval_fn: Callable, state: Any, stacks: Any) -> dict[str, Any]:
     """eval_summary of `eval_fn` summed over every stack the pipeline's eval_inputs() yields."""
     totals = None
@@ -118,7 +143,8 @@ def evaluate(eval_fn: Callable, state: Any, stacks: Any) -> dict[str, Any]:
 
 
 def eval_summary(sums: dict[str, jax.Array]) -> dict[str, Any]:
-    """{'loss', 'accuracy', 'examples'} (and 'accuracy_hflip') as Python numbers from summed eval sums.
+    """{'loss', 'accuracy', 'accuracy_top5', 'examples'} (and 'accuracy_hflip') as Python numbers from
+    summed eval sums.
 
     A host sync.
     """
@@ -127,6 +153,7 @@ def eval_summary(sums: dict[str, jax.Array]) -> dict[str, Any]:
     summary = {
         "loss": float(totals["loss"]) / n,
         "accuracy": float(totals["correct"]) / n,
+        "accuracy_top5": float(totals["correct_top5"]) / n,
         "examples": int(n),
     }
     if "correct_hflip" in totals:

@@ -1,34 +1,35 @@
 """One training run's state between steps, and the loop that advances it.
 
-`RunState.open` checks the workdir's checkpoints against the config and resumes from the newest intact
-one without writing anything; `start` creates the run's files; `loop` trains, logs, evaluates, saves and
-stops (finished, signalled, or diverged).
+`RunState.open` checks the workdir's checkpoints against the config and resumes from the newest intact,
+healthy one (or config.resume_step) without writing anything; `start` creates the run's files; `loop`
+trains, logs, evaluates, saves healthy states (train/health.py) and stops (finished, signalled, or
+diverged).
 """
 
 from __future__ import annotations
 
 import collections
 import hashlib
-import json
+import math
 import os
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import jax
+import optax
 
 from resnet_jax.checkpoint import CheckpointError, RunCheckpoints, make_meta
+from train import health, optim, programs, run_config
 from train import metrics as metrics_lib
-from train import optim, programs
-from train.configuration import differing_fields
 from train.signals import StopRequest
 
 if TYPE_CHECKING:
     import ml_collections
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss or the parameters became non-finite; the message names the step and the good checkpoints."""
+# Without a log line for this long, the progress bar shows the loss so far (read, not logged: the
+# records stay the same however fast the machine is).
+_SHOW_EVERY_S = 60.0
 
 
 def _signature(tree: Any) -> str:
@@ -36,6 +37,12 @@ def _signature(tree: Any) -> str:
     leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
     text = ";".join(f"{jax.tree_util.keystr(p)}:{tuple(x.shape)}:{x.dtype}" for p, x in leaves)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def _unhealthy(meta: dict[str, Any]) -> str | None:
+    # Checkpoints written before health checks existed may hold a diverged state with a NaN evaluation.
+    loss = meta.get("eval", {}).get("loss")
+    return f"its evaluation loss is {loss}" if loss is not None and not math.isfinite(loss) else None
 
 
 class RunState:
@@ -50,6 +57,7 @@ class RunState:
         self.sums = jax.device_put(programs.zero_sums(), jax.tree.leaves(state.params)[0].sharding)
         self.step = 0
         self.writer = None
+        self.head_steps = False  # set when the steps train a head on cached features (throughput label)
 
     @classmethod
     def open(
@@ -61,11 +69,12 @@ class RunState:
         state: Any,
         num_steps: int,
     ) -> RunState:
-        """The run in `workdir`: resumed from its newest intact checkpoint, or fresh. Writes nothing.
+        """The run in `workdir`: resumed from its newest intact, healthy checkpoint (or config.resume_step),
+        or fresh. Writes nothing, but moves a corrupt or unhealthy checkpoint aside.
 
         Raises:
           CheckpointError: the workdir's checkpoints belong to a different configuration (naming the
-            differing fields), or every one of them is corrupt.
+            differing fields), every one of them is corrupt, or resume_step is not one of them.
         """
         meta = make_meta(
             config.model,
@@ -80,10 +89,13 @@ class RunState:
         run = cls(config, workdir, pipeline, state, num_steps, None, meta)
         run.checkpoints = RunCheckpoints(workdir, config.keep_checkpoints, log=run.say)
         run.meta["state_signature"] = _signature(run._checkpoint_state())
-        restored = run.checkpoints.restore_latest(run._checkpoint_state(), check=run._check_compatible)
+        step = config.resume_step if config.get("resume_step", -1) >= 0 else None
+        restored = run.checkpoints.restore_latest(
+            run._checkpoint_state(), check=run._check_compatible, unhealthy=_unhealthy, step=step
+        )
         if restored is not None:
             saved, saved_meta = restored
-            run.sums = saved.pop("train_sums")
+            run.sums = {**saved.pop("train_sums"), "param_norm": run.sums["param_norm"]}
             run.state = run.state.replace(**saved)
             run.step = int(saved_meta["step"])
             run.say(f"resuming from {run.checkpoints.step_dir(run.step)} (step {run.step} of {num_steps})")
@@ -95,13 +107,10 @@ class RunState:
 
     def _checkpoint_state(self) -> dict[str, Any]:
         s = self.state
-        return {
-            "params": s.params,
-            "batch_stats": s.batch_stats,
-            "opt_state": s.opt_state,
-            "step": s.step,
-            "train_sums": self.sums,
-        }
+        # param_norm is rewritten by every step: resuming needs the window's sums only.
+        sums = {k: v for k, v in self.sums.items() if k != "param_norm"}
+        return {"params": s.params, "batch_stats": s.batch_stats, "opt_state": s.opt_state, "step": s.step,
+                "train_sums": sums}  # fmt: skip
 
     def _check_compatible(self, saved_meta: dict[str, Any]) -> None:
         signature = saved_meta.get("state_signature")
@@ -113,10 +122,9 @@ class RunState:
         )
         if signature is None and same_model:
             return  # written before signatures existed; the restore itself checks the shapes
-        path = os.path.join(self.workdir, "config.json")
+        path = os.path.join(self.workdir, run_config.CONFIG)
         if os.path.exists(path):
-            with open(path) as f:
-                differ = differing_fields(json.load(f), self.config)
+            differ = run_config.differing_fields(run_config.load_json(self.workdir), self.config)
         else:
             differ = [f"model: {saved_meta['model']} {saved_meta['model_kwargs']} -> {self.config.model}"]
         raise CheckpointError(
@@ -125,37 +133,48 @@ class RunState:
             f"--workdir for this config, or rerun with the config in {path} to resume that run."
         )
 
+    def announce(self) -> None:
+        """One line saying what the run trains and where (before any long preparation)."""
+        c = self.config
+        self.say(
+            f"{c.model} on {data_name(c)}: {self.num_steps} steps of {c.batch_size} "
+            f"({self.num_steps / self.pipeline.steps_per_epoch:.2f} epochs) on {jax.device_count()} "
+            f"{jax.devices()[0].platform} device(s)"
+        )
+
     def start(self) -> None:
         """Creates the run's files: every check has passed. Only process 0 writes them."""
         if self.is_main:
             os.makedirs(self.workdir, exist_ok=True)
-            with open(os.path.join(self.workdir, "config.json"), "w") as f:
-                f.write(self.config.to_json_best_effort(indent=2, sort_keys=True))
+            changed = run_config.record(self.workdir, self.config, self.step)
+            if changed and self.step:
+                self.say(f"resumed with changed fields: {', '.join(changed)} (see {run_config.HISTORY})")
+        if self.config.get("resume_step", -1) >= 0:
+            self.checkpoints.supersede_after(self.step)
         self.checkpoints.create_directory()
         self.writer = metrics_lib.MetricsWriter(self.workdir, self.step, enabled=self.is_main)
+        self.schedule = optim.learning_rate_schedule(self.config, self.num_steps)
+        self.reference_norm = float(optax.tree.norm(self.state.params))
 
-    def save(self, eval_metrics: dict[str, Any] | None) -> None:
-        metrics = {"accuracy": eval_metrics["accuracy"]} if eval_metrics else None
-        self.checkpoints.save(self.step, self._checkpoint_state(), self.meta, metrics)
-
-    def check_finite(self, host_sums: dict[str, Any]) -> None:
-        """Raises TrainingDiverged if a step since the last read-back was non-finite (nothing saved)."""
-        if not int(host_sums["nonfinite"]):
+    def check_health(self, host_sums: dict[str, Any], eval_metrics: dict[str, Any] | None) -> None:
+        """Raises TrainingDiverged (saving nothing) unless the state is healthy (train/health.py)."""
+        why = health.problem(host_sums, self.reference_norm, eval_metrics)
+        if why is None:
             return
         self.checkpoints.wait_until_finished()
-        good = self.checkpoints.all_steps()
-        where = (
-            f"the last good checkpoint is step {good[-1]} in {self.checkpoints.directory} (kept: {good})"
-            if good
-            else "no checkpoint was saved before it"
+        raise health.diverged(
+            self.step,
+            why,
+            self.checkpoints.all_steps(),
+            self.checkpoints.directory,
+            self.config.learning_rate,
         )
-        loss = float(host_sums["loss"]) / max(float(host_sums["steps"]), 1.0)
-        raise TrainingDiverged(
-            f"training diverged: the loss or the parameters became non-finite at step "
-            f"{int(host_sums['first_nonfinite'])} (mean loss since the last log: {loss:.4g}); nothing "
-            f"non-finite was saved and {where}. Lower --config.learning_rate (now "
-            f"{self.config.learning_rate}) and rerun the same command to resume from it."
-        )
+
+    def save(self, host_sums: dict[str, Any], eval_metrics: dict[str, Any] | None) -> None:
+        """Saves the state once it has passed check_health; it becomes the new healthy reference."""
+        metrics = {k: eval_metrics[k] for k in ("accuracy", "loss")} if eval_metrics else None
+        self.checkpoints.save(self.step, self._checkpoint_state(), self.meta, metrics)
+        self.reference_norm = float(host_sums["param_norm"])
 
     def loop(self, run_train: Callable, run_eval: Callable) -> dict[str, Any]:
         """Trains to num_steps (or a stop request), logging, evaluating and saving as the config says.
@@ -167,91 +186,99 @@ class RunState:
         Returns:
           {'step', 'stopped_by', 'test_accuracy', 'test_loss'} (+ 'test_accuracy_hflip').
         """
-        from tqdm import tqdm
+        from tqdm import tqdm  # the training extra's progress bar
 
         c = self.config
-        schedule = optim.learning_rate_schedule(c, self.num_steps)
-        steps_per_epoch = self.pipeline.steps_per_epoch
-        self.say(
-            f"{c.model} on {data_name(c)}: {self.num_steps} steps of {c.batch_size} "
-            f"({self.num_steps / steps_per_epoch:.2f} epochs) on {jax.device_count()} "
-            f"{jax.devices()[0].platform} device(s)"
-        )
-        bar = tqdm(
-            total=self.num_steps,
-            initial=self.step,
-            disable=not (c.progress_bar and self.is_main),
-            unit="step",
-        )
+        bar = tqdm(total=self.num_steps, initial=self.step, disable=not (c.progress_bar and self.is_main),
+                   unit="step")  # fmt: skip
         pending: collections.deque = collections.deque()
         inputs = self.pipeline.train_inputs(self.step)
         stopped_by, eval_metrics = None, None
-        window_start, window_step = _now(), self.step
+        self._window = (_now(), self.step)
+        shown = _now()
         try:
             with StopRequest(enabled=self.is_main, multi_host=jax.process_count() > 1) as stop:
-                stop.step = self.step
+                stop.dispatched = self.step
                 while self.step < self.num_steps:
                     self.state, self.sums, done = run_train(self.state, self.sums, next(inputs))
                     self.step += 1
+                    stop.dispatched, stop.checked = self.step, False
                     pending.append(done)
-                    if len(pending) > c.max_steps_ahead:  # the bar and the stop answer finished steps
+                    if len(pending) > c.max_steps_ahead:  # the bar answers finished steps
                         jax.block_until_ready(pending.popleft())
                         bar.update(1)
-                        stop.step = bar.n
                     step = self.step
-                    log_now = step % c.log_every_steps == 0 or step == self.num_steps
+                    # Step 1 is logged too: the first loss appears as soon as the program has compiled.
+                    log_now = step % c.log_every_steps == 0 or step in (1, self.num_steps)
                     eval_now = step == self.num_steps or (
                         c.eval_every_steps > 0 and step % c.eval_every_steps == 0
                     )
                     stop_now = stop.requested(step) or step == c.stop_after_steps
                     save_now = eval_now or stop_now or step % c.checkpoint_every_steps == 0
                     if not (log_now or save_now):
+                        if self.is_main and c.progress_bar and _now() - shown > _SHOW_EVERY_S:
+                            bar.set_postfix(self._postfix(jax.device_get(self.sums), step))
+                            shown = _now()
                         continue
                     host = jax.device_get(self.sums)  # every dispatched step has finished
                     pending.clear()
                     bar.update(step - bar.n)
-                    stop.step = step
-                    self.check_finite(host)
+                    self.check_health(host, None)
                     if log_now:
-                        elapsed = _now() - window_start
-                        record = {
-                            "loss": float(host["loss"] / host["steps"]),
-                            "accuracy": float(host["accuracy"] / host["steps"]),
-                            "lr": optim.lr_at(schedule, step - 1),
-                            "epoch": step / steps_per_epoch,
-                            "img_per_sec": (step - window_step) * c.batch_size / elapsed,
-                        }
-                        self.writer.write(step, "train", record)
-                        bar.set_postfix(
-                            loss=f"{record['loss']:.3f}",
-                            acc=f"{record['accuracy']:.3f}",
-                            lr=f"{record['lr']:.4f}",
-                            img_s=f"{record['img_per_sec']:.0f}",
-                        )
-                        self.sums = jax.device_put(programs.zero_sums(), self.sums["loss"].sharding)
-                        window_start, window_step = _now(), step
-                    eval_metrics = None
-                    if eval_now:
-                        eval_start = _now()
-                        eval_metrics = run_eval(self.state)
-                        self.writer.write(step, "test", eval_metrics)
-                        if self.is_main:
-                            bar.write(f"step {step}: {describe(eval_metrics)}")
-                            metrics_lib.plot_curves(
-                                self.writer.path, os.path.join(self.workdir, "curves.png")
-                            )
-                        window_start += _now() - eval_start  # img/s counts training time only
+                        bar.set_postfix(self._log(host, step))
+                        shown = _now()
+                    eval_metrics = self._evaluate(run_eval, bar) if eval_now else None
                     if save_now:
-                        self.save(eval_metrics)
+                        self.check_health(host, eval_metrics)
+                        self.save(host, eval_metrics)
                     if stop_now:
                         stopped_by = stop.name or "stop_after_steps"
                         break
         finally:
             bar.close()
-            self.checkpoints.wait_until_finished()
-            self.checkpoints.close()
-            self.writer.close()
+            try:
+                self.checkpoints.wait_until_finished()
+            finally:
+                self.checkpoints.close()
+                self.writer.close()
         return self._finish(stopped_by, eval_metrics, run_eval)
+
+    def _postfix(self, host: dict[str, Any], step: int) -> dict[str, str]:
+        start, start_step = self._window
+        rate = (step - start_step) * self.config.batch_size / max(_now() - start, 1e-9)
+        steps = max(float(host["steps"]), 1.0)
+        return {"loss": f"{host['loss'] / steps:.3f}", "acc": f"{host['accuracy'] / steps:.3f}",
+                ("head_img_s" if self.head_steps else "img_s"): f"{rate:.0f}"}  # fmt: skip
+
+    def _log(self, host: dict[str, Any], step: int) -> dict[str, str]:
+        """Writes the window's train record, starts a new window, and returns the bar's postfix."""
+        start, start_step = self._window
+        record = {
+            "loss": float(host["loss"] / host["steps"]),
+            "accuracy": float(host["accuracy"] / host["steps"]),
+            "lr": optim.lr_at(self.schedule, step - 1),
+            "epoch": step / self.pipeline.steps_per_epoch,
+            # Cached-feature runs apply only the head each step: their rate is not an image pipeline's.
+            ("head_img_per_sec" if self.head_steps else "img_per_sec"): (step - start_step)
+            * self.config.batch_size
+            / (_now() - start),
+        }
+        self.writer.write(step, "train", record)
+        postfix = {**self._postfix(host, step), "lr": f"{record['lr']:.4f}"}
+        self.sums = jax.device_put(programs.zero_sums(), self.sums["loss"].sharding)
+        self._window = (_now(), step)
+        return postfix
+
+    def _evaluate(self, run_eval: Callable, bar: Any) -> dict[str, Any]:
+        start = _now()
+        eval_metrics = run_eval(self.state)
+        self.writer.write(self.step, "test", eval_metrics)
+        if self.is_main:
+            bar.write(f"step {self.step}: {format_eval(eval_metrics)}")
+            metrics_lib.plot_curves(self.writer.path, os.path.join(self.workdir, "curves.png"))
+        window_start, window_step = self._window
+        self._window = (window_start + _now() - start, window_step)  # img/s counts training time only
+        return eval_metrics
 
     def _finish(self, stopped_by, eval_metrics, run_eval) -> dict[str, Any]:
         result = {"step": self.step, "stopped_by": stopped_by, "test_accuracy": None, "test_loss": None}
@@ -267,7 +294,7 @@ class RunState:
         result.update(test_accuracy=test["accuracy"], test_loss=test["loss"])
         if "accuracy_hflip" in test:
             result["test_accuracy_hflip"] = test["accuracy_hflip"]
-        self.say(f"final: {describe(test)} at step {self.step}")
+        self.say(f"final: {format_eval(test)} at step {self.step}")
         return result
 
 
@@ -282,7 +309,7 @@ def _now() -> float:
     return time.perf_counter()
 
 
-def describe(test: dict[str, Any]) -> str:
+def format_eval(test: dict[str, Any]) -> str:
     """One line for an evaluation: accuracy and loss (and the flip test-time augmentation accuracy)."""
     text = f"test accuracy {test['accuracy']:.4f} (loss {test['loss']:.4f})"
     if "accuracy_hflip" in test:

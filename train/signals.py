@@ -12,21 +12,25 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 class StopRequest:
     """A context that turns the first SIGTERM/SIGINT into `self.signum`; a second one quits at once.
 
-    The first signal is acknowledged immediately on stderr, so a user does not press Ctrl-C again;
-    the loop then stops at the next step boundary, saves, and exits with 128 + the signal number.
+    The first signal is acknowledged immediately on stderr, naming the step the loop will stop after, so
+    a user does not press Ctrl-C again; the loop then stops there, saves, and exits with 128 + the signal
+    number.
     A second signal raises KeyboardInterrupt (checkpoints already written stay intact: orbax writes
     each one to a temporary directory and renames it when complete).
 
     Attributes:
       signum: the first signal received, or None.
-      step: the last step the loop reported (used in the acknowledgement).
+      dispatched: the steps the loop has dispatched (the loop sets it after each dispatch).
+      checked: whether the loop has already asked `requested` since that dispatch: a signal after that
+        stops the loop one step later.
       enabled: print the acknowledgement (False on every process but process 0).
       multi_host: several processes: agree on the stopping step through jax.distributed.
     """
 
     def __init__(self, enabled: bool = True, multi_host: bool = False):
         self.signum: int | None = None
-        self.step = 0
+        self.dispatched = 0
+        self.checked = False
         self.enabled = enabled
         self.multi_host = multi_host
         self._previous: dict[int, object] = {}
@@ -37,6 +41,7 @@ class StopRequest:
         With several processes, SIGTERM is left to JAX's preemption notifier (jax.distributed): a
         signal to any process makes every process reach the same sync point, so all save the same step.
         """
+        self.checked = True
         if self.multi_host and self.signum is None:
             from jax.experimental import multihost_utils
 
@@ -65,8 +70,9 @@ class StopRequest:
             raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: quitting without saving")
         self.signum = signum
         if self.enabled:
+            stop_at = self.dispatched + int(self.checked)
             print(
-                f"\n{signal.Signals(signum).name} received: stopping after step {self.step + 1}, saving a "
+                f"\n{signal.Signals(signum).name} received: stopping after step {stop_at}, saving a "
                 "checkpoint... (send it again to quit at once without saving)",
                 file=sys.stderr,
                 flush=True,

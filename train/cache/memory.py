@@ -8,18 +8,17 @@ ResNet-50: 400 MB), and each step applies only the head (`ResNet.head_module`) t
 
 `FeaturePipeline` offers the loop the pipeline interface (train_inputs, device_batch, eval_inputs and
 the split's facts) over the feature table, with batches the same pure function of (seed, step) as the
-in-memory pipeline's (`input_pipeline.batch_indices`). The train state stays the whole model's, with
+in-memory pipeline's (`train.data.memory.batch_indices`). The train state stays the whole model's, with
 the backbone untouched, so checkpoints, resume, metrics and `make_predict_fn` work as in any run.
 
 Augmentation: a random flip is served by caching the mirror image's features too (the step picks,
-per example, with the same random draw `input_pipeline.augment` makes). A random crop (pad > 0)
-cannot be cached, so such runs, and dropout in the backbone, fall back to the uncached step
-(`should_cache` says why in one line). Streaming pipelines: see train/streaming_features.py.
+per example, with the same random draw as the image step: `train.data.memory.flip_mask`). A random
+crop (pad > 0) cannot be cached, so such runs, and dropout in the backbone, fall back to the uncached step
+(train/policy.py says why in one line). Streaming pipelines: see train/cache/streaming.py.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -30,55 +29,8 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax.preprocess import normalize, resize_images
-from train import input_pipeline, programs
-from train.train import cross_entropy, eval_sums
-
-
-def should_cache(config: Any, pipeline: Any, feature_width: int = 0) -> tuple[bool, str | None]:
-    """Whether this run trains its head on cached features, and a one-line notice when it cannot.
-
-    Args:
-      config, pipeline: the run's.
-      feature_width: width of the pooled features, for the memory check (0: not checked).
-
-    Returns:
-      (use the cache, notice): the notice is None when the cache is used or was not asked for (no
-      frozen backbone, or cache_features=False).
-    """
-    from train.finetune import frozen_part
-
-    if not (config.cache_features and config.init_checkpoint and frozen_part(config) == "all"):
-        return False, None
-    off = "--config.cache_features=False to silence this"
-    in_memory = isinstance(pipeline, input_pipeline.InMemoryPipeline)
-    if not in_memory and pipeline.train_transform.random:
-        why = (
-            f"train_transform={pipeline.train_transform.name!r} augments at random on the host (pass "
-            "--config.train_transform=resize_shorter_center_crop or resize to cache)"
-        )
-    elif in_memory and config.pad > 0:
-        why = f"pad={config.pad} crops at random and crops cannot be cached (pass --config.pad=0 to cache)"
-    elif config.model_kwargs.get("dropout_rate", 0.0):
-        why = "the backbone has dropout, which differs every step"
-    else:
-        copies = 1 + (in_memory and config.flip)  # the in-memory cache holds the mirror images' too
-        fits, why = fits_on_device(pipeline.num_train_examples, feature_width, copies=copies)
-        if fits:
-            return True, None
-    return False, f"features not cached: {why}; the whole network runs every step ({off})"
-
-
-def fits_on_device(
-    num_examples: int, feature_width: int, *, copies: int = 1, bytes_limit: int | None = None
-) -> tuple[bool, str]:
-    """Whether `copies` [num_examples, feature_width] float32 tables fit in half of a device's memory, and a
-    line saying why not. bytes_limit: the device's memory; default the first device's own report (a CPU
-    reports none: then it always fits)."""
-    nbytes = num_examples * feature_width * 4 * copies
-    limit = bytes_limit or (jax.local_devices()[0].memory_stats() or {}).get("bytes_limit")
-    if limit and nbytes > limit // 2:
-        return False, f"{nbytes / 2**30:.1f} GiB of features exceed half a device's {limit / 2**30:.1f} GiB"
-    return True, ""
+from train.cache.table import FeatureTable, bounded
+from train.data.memory import InMemoryPipeline, batch_indices
 
 
 def extract(
@@ -108,7 +60,7 @@ def extract(
       mirror: features of the horizontally mirrored images (the flip augmentation's other view).
       progress: show a progress bar.
     """
-    from tqdm import tqdm
+    from tqdm import tqdm  # the training extra's progress bar; the library does not depend on it
 
     lead, (h, w, c) = images.shape[:-3], images.shape[-3:]
     flat = images.reshape(-1, h, w, c)
@@ -125,37 +77,31 @@ def extract(
         _, features = model.apply(variables, x, train=False, return_features=True)
         return jax.lax.with_sharding_constraint(features["pooled"], NamedSharding(mesh, P()))
 
-    parts = []
     starts = range(0, n, bs)
-    for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
-        first = min(start, n - bs)  # the last batch ends at n and overlaps its predecessor
-        parts.append(forward(variables, flat, first)[start - first :])
+
+    def dispatched():
+        for start in starts:
+            first = min(start, n - bs)  # the last batch ends at n and overlaps its predecessor
+            yield forward(variables, flat, first)[start - first :]
+
+    parts = list(
+        tqdm(bounded(dispatched()), total=len(starts), desc=desc, unit="batch", disable=not progress)
+    )
     return jnp.concatenate(parts).reshape(*lead, -1)
 
 
-class FeaturePipeline:
-    """The pipeline interface over cached features of an InMemoryPipeline's splits (see module doc).
+class FeaturePipeline(FeatureTable):
+    """Cached features of an InMemoryPipeline's splits (see the module docstring).
 
     Batches are {'features': [B, D], 'label': [B]} (+ 'features_mirrored' when flips are cached).
     """
 
-    device_augment = True
-    resize_to = 0  # features, not images
-
-    def __init__(self, base: input_pipeline.InMemoryPipeline, train: dict[str, jax.Array], eval_stack: dict):
-        self.base, self.train, self.eval = base, train, eval_stack
-        for name in ("batch_size", "data_key", "preprocess", "num_train_examples", "steps_per_epoch"):
-            setattr(self, name, getattr(base, name))
-        self.image_shape, self.num_classes, self.class_names = (
-            base.image_shape,
-            base.num_classes,
-            base.class_names,
-        )
+    device_augment = True  # the head step draws the flips the image step would have drawn
 
     @classmethod
     def build(
         cls,
-        base: input_pipeline.InMemoryPipeline,
+        base: InMemoryPipeline,
         model: nn.Module,
         state: Any,
         *,
@@ -197,69 +143,5 @@ class FeaturePipeline:
 
     def device_batch(self, inputs: dict[str, jax.Array], step: jax.Array) -> dict[str, jax.Array]:
         """Inside the jitted step: the rows of batch `step`, the same rows the image pipeline selects."""
-        idx = input_pipeline.batch_indices(self.data_key, step, self.num_train_examples, self.batch_size)
+        idx = batch_indices(self.base.data_key, step, self.num_train_examples, self.batch_size)
         return {k: v[idx] for k, v in inputs.items()}
-
-    def eval_inputs(self) -> Iterator[dict[str, jax.Array]]:
-        yield self.eval
-
-    def close(self) -> None:
-        self.base.close()
-
-
-def pooled_width(params: dict[str, Any]) -> int:
-    """The width of the pooled features the head of these parameters takes."""
-    return params["head_hidden" if "head_hidden" in params else "head"]["kernel"].shape[0]
-
-
-def _head_params(state: Any) -> dict[str, Any]:
-    return {k: state.params[k] for k in ("head_hidden", "head") if k in state.params}
-
-
-def head_train_step(
-    state: Any,
-    batch: dict[str, jax.Array],
-    rng: jax.Array,
-    *,
-    head: nn.Module,
-    flip: bool,
-    label_smoothing: float = 0.0,
-) -> tuple[Any, dict[str, jax.Array]]:
-    """train_step for cached features: the head alone forward and backward, the whole state updated.
-
-    Args:
-      state: the whole model's train state; its backbone gets zero gradients (and, frozen, zero updates).
-      batch: {'features', 'label'} and, with `flip`, 'features_mirrored'.
-      rng: this step's key; with `flip` each example takes its mirrored features where
-        input_pipeline.augment would have mirrored its image (the same draw).
-      head: `model.head_module()`.
-    """
-    features = batch["features"]
-    if flip:
-        _, flip_rng = jax.random.split(rng)
-        mirrored = jax.random.bernoulli(flip_rng, 0.5, (features.shape[0], 1))  # augment's draw, reshaped
-        features = jnp.where(mirrored, batch["features_mirrored"], features)
-
-    def loss_fn(params):
-        logits = head.apply({"params": params}, features)
-        return cross_entropy(logits, batch["label"], label_smoothing).mean(), logits
-
-    (loss, logits), head_grads = jax.value_and_grad(loss_fn, has_aux=True)(_head_params(state))
-    # Zero gradients for the backbone keep the optimiser state the whole model's (checkpoints, resume).
-    grads = {k: head_grads.get(k, jax.tree.map(jnp.zeros_like, v)) for k, v in state.params.items()}
-    state = state.apply_gradients(grads=grads)
-    return state, {"loss": loss, "accuracy": jnp.mean(jnp.argmax(logits, -1) == batch["label"])}
-
-
-def head_eval_step(state: Any, batch: dict[str, jax.Array], *, head: nn.Module, hflip: bool = False):
-    """train.eval_step for cached features: sums of loss, correct and count (and 'correct_hflip')."""
-    params = {"params": _head_params(state)}
-    logits = head.apply(params, batch["features"])
-    mirrored = head.apply(params, batch["features_mirrored"]) if hflip else None
-    return eval_sums(logits, batch["label"], batch["mask"], mirrored)
-
-
-def make_eval_fn(mesh: Mesh, head: nn.Module, *, hflip: bool = False):
-    """programs.make_eval_fn over head_eval_step: eval_fn(state, stack) -> sums."""
-    keys = programs.SUM_KEYS + (("correct_hflip",) if hflip else ())
-    return programs.make_eval_fn(functools.partial(head_eval_step, head=head, hflip=hflip), mesh, keys=keys)

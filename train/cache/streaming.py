@@ -1,6 +1,6 @@
 """Cached features of a frozen backbone for the streaming pipeline (image folders, ImageNet-style tfds).
 
-As `train.features` does for in-memory data: the backbone runs once over each split, here in file order
+As train/cache/memory.py does for in-memory data: the backbone runs once over each split, here in file order
 through the streaming pipeline (the train split with its own transform, which must not be random: each
 image's features are then the same every epoch), and the steps apply only the head. Training batch s
 takes the rows the streaming pipeline would have read for step s (`stream_order.train_index`), so a cached
@@ -8,7 +8,7 @@ run trains its head on exactly the batches an uncached run sees, and resumes at 
 
 The table stays on every device: [N, D] float32 (2048-wide for ResNet-50: 8 KiB an image, so 10,000
 images take 80 MB and ImageNet's 1.28M would take 10.5 GB; a table over half a device's memory is not
-cached, see `features.fits_on_device`).
+cached, see `table.fits_on_device`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from resnet_jax.preprocess import normalize
-from train.stream_order import train_index
-from train.streaming import StreamingPipeline
+from train.cache.table import FeatureTable, bounded
+from train.data.stream_order import train_index
+from train.data.streaming import StreamingPipeline
 
 
 def _extract(
@@ -41,7 +42,7 @@ def _extract(
 ) -> dict[str, jax.Array]:
     """{'features' [K, Be, D], 'features_mirrored' (if mirror), 'label', 'mask' [K, Be]} of every batch
     of `split` in file order, replicated on every device."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # the training extra's progress bar; the library does not depend on it
 
     replicated = NamedSharding(base.mesh, P())
 
@@ -59,25 +60,18 @@ def _extract(
     source = base.train_source if split == "train" else base.eval_source
     total = -(-len(source) // base.eval_batch_size)
     batches = tqdm(base.eval_inputs(split), total=total, desc=f"{split} features", disable=not progress)
-    parts = [forward(variables, batch) for batch in batches]
+    parts = list(bounded(forward(variables, batch) for batch in batches))
     return jax.tree.map(lambda *xs: jnp.stack(xs), *parts)
 
 
-class StreamingFeaturePipeline:
-    """The pipeline interface over cached features of a StreamingPipeline's splits (module doc).
+class StreamingFeaturePipeline(FeatureTable):
+    """Cached features of a StreamingPipeline's splits (see the module docstring).
 
     Train inputs are the feature table and each step's row indices; batches are {'features': [B, D],
     'label': [B]}. Eval yields one stack {'features' [K, Be, D], ('features_mirrored'), 'label', 'mask'}.
     """
 
     device_augment = False  # the streaming pipeline's batches are never flipped on the device
-    resize_to = 0
-
-    def __init__(self, base: StreamingPipeline, train: dict[str, jax.Array], eval_stack: dict[str, Any]):
-        self.base, self.train, self.eval = base, train, eval_stack
-        for name in ("batch_size", "preprocess", "num_train_examples", "steps_per_epoch", "image_shape"):
-            setattr(self, name, getattr(base, name))
-        self.num_classes, self.class_names = base.num_classes, base.class_names
 
     @classmethod
     def build(
@@ -121,9 +115,3 @@ class StreamingFeaturePipeline:
         """Inside the jitted step: the rows of this step's batch."""
         del step
         return {"features": inputs["features"][inputs["index"]], "label": inputs["label"][inputs["index"]]}
-
-    def eval_inputs(self) -> Iterator[dict[str, jax.Array]]:
-        yield self.eval
-
-    def close(self) -> None:
-        self.base.close()

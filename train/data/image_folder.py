@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from train.image_ops import DataError
+from train.data.image_ops import DataError
 
 __all__ = [
     "IMAGE_EXTENSIONS",

@@ -26,6 +26,8 @@ from PIL import Image, UnidentifiedImageError
 
 ImageData = bytes | str | os.PathLike | np.ndarray
 TRANSFORMS = ("random_resized_crop", "resize_shorter_center_crop", "resize", "pad_crop_flip", "none")
+# The transforms that output config.image_size (the others keep the stored size).
+SIZED_TRANSFORMS = ("random_resized_crop", "resize_shorter_center_crop", "resize")
 
 
 class DataError(ValueError):

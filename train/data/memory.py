@@ -1,13 +1,12 @@
 """The in-memory input pipeline, for datasets that fit in device memory (CIFAR-10/100 and the like).
 
-The whole split is read once through tensorflow-datasets as uint8 arrays and put on every device. Each
-training batch is then a pure function of (seed, step): epoch e visits the examples in the order
+The whole split is read once (train.data.create.create_in_memory) as uint8 arrays and put on every
+device. Each training batch is then a pure function of (seed, step): epoch e visits the examples in the order
 `permutation(fold_in(key, e))` and step s takes slice `s % steps_per_epoch` of it, so a run resumed at
 any step sees exactly the batches an uninterrupted run would. Selection, cropping, flipping and
 normalisation happen inside the jitted train step, so the host does no work per step.
 
-Every pipeline offers the loop the same small interface (see `InMemoryPipeline`): `train_inputs`,
-`device_batch`, `eval_inputs`, and the split's facts (examples, image shape, classes).
+`InMemoryPipeline` is one implementation of train.data.pipeline.Pipeline.
 """
 
 from __future__ import annotations
@@ -101,10 +100,19 @@ def train_batch(
     return {"image": data.images[idx], "label": data.labels[idx]}
 
 
+def flip_mask(rng: jax.Array, batch_size: int) -> jax.Array:
+    """bool [batch_size]: which examples `augment` mirrors at the step whose key is `rng`.
+
+    The cached-feature step (train.steps.head_train_step) draws its flips here too, so both runs mirror
+    the same examples.
+    """
+    return jax.random.bernoulli(jax.random.split(rng)[1], 0.5, (batch_size,))
+
+
 def augment(images: jax.Array, rng: jax.Array, pad: int, flip: bool) -> jax.Array:
     """The paper's augmentation on uint8 NHWC images: zero-pad by `pad`, random crop back, random h-flip."""
     b, h, w, _ = images.shape
-    crop_rng, flip_rng = jax.random.split(rng)
+    crop_rng = jax.random.split(rng)[0]
     if pad > 0:
         padded = jnp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
         offsets = jax.random.randint(crop_rng, (b, 2), 0, 2 * pad + 1)
@@ -114,8 +122,7 @@ def augment(images: jax.Array, rng: jax.Array, pad: int, flip: bool) -> jax.Arra
 
         images = jax.vmap(crop)(padded, offsets)
     if flip:
-        do_flip = jax.random.bernoulli(flip_rng, 0.5, (b, 1, 1, 1))
-        images = jnp.where(do_flip, images[:, :, ::-1, :], images)
+        images = jnp.where(flip_mask(rng, b)[:, None, None, None], images[:, :, ::-1, :], images)
     return images
 
 
@@ -137,7 +144,7 @@ def preprocess_spec(normalization: str, mean, std, train_images: np.ndarray | No
 
 
 class InMemoryPipeline:
-    """Both splits on the devices; the loop's interface to them.
+    """Both splits on the devices (a train.data.pipeline.Pipeline; eval-only: no training split).
 
     Attributes:
       num_train_examples: examples in the training split.
@@ -154,7 +161,7 @@ class InMemoryPipeline:
 
     def __init__(
         self,
-        train: InMemorySplit,
+        train: InMemorySplit | None,
         eval_split: InMemorySplit,
         *,
         batch_size: int,
@@ -169,15 +176,17 @@ class InMemoryPipeline:
         self.batch_size = batch_size
         self.data_key = data_key
         self.preprocess = preprocess
-        self.num_train_examples = train.num_examples
-        self.steps_per_epoch = train.num_examples // batch_size
-        h, w, c = train.images.shape[1:]
+        self.num_train_examples = train.num_examples if train else 0
+        self.steps_per_epoch = self.num_train_examples // batch_size
+        h, w, c = train.images.shape[1:] if train else eval_split.images.shape[2:]
         self.image_shape = (resize_to, resize_to, c) if resize_to else (h, w, c)
         self.num_classes, self.class_names = num_classes, class_names
 
     def train_inputs(self, start_step: int) -> Iterator[tuple[jax.Array, jax.Array]]:
         """What the jitted step takes for steps start_step, start_step + 1, ...: here always the split."""
         del start_step  # the step selects its batch on the device (see device_batch)
+        if self.train is None:
+            raise ValueError("this pipeline was made eval_only: it has no training split")
         while True:
             yield self.train.images, self.train.labels
 
@@ -193,114 +202,3 @@ class InMemoryPipeline:
 
     def close(self) -> None:
         pass
-
-
-def create(config: Any, mesh: Mesh, data_key: jax.Array) -> Any:
-    """The pipeline `config.pipeline` names: an InMemoryPipeline, or a streaming.StreamingPipeline.
-
-    Both offer the loop the same interface (see InMemoryPipeline); nothing is written.
-
-    Args:
-      config: the validated training config.
-      mesh: the device mesh; batches are sharded over its 'data' axis.
-      data_key: the data-order key (the in-memory pipeline's; the streaming one uses config.seed).
-
-    Raises:
-      DatasetUnavailableError: the data cannot be read, or disagrees with the config (one line).
-    """
-    if config.pipeline == "grain":
-        return create_streaming(config, mesh)
-    return create_in_memory(config, mesh, data_key)
-
-
-def create_streaming(config: Any, mesh: Mesh) -> Any:
-    """A StreamingPipeline over the tfds ArrayRecord dataset or the image folders the config names.
-
-    Raises:
-      DatasetUnavailableError: a missing or malformed folder, a dataset not prepared as ArrayRecord,
-        num_classes disagreeing with the data, or too few examples (streaming's DataError/ValueError).
-    """
-    from train import streaming, tfds_data
-    from train.image_folder import image_folder_sources
-
-    try:
-        if config.data_source == "folder":
-            sources = image_folder_sources(config.train_dir, config.eval_dir)
-        else:
-            sources = _tfds_array_record_sources(config)
-        return streaming.StreamingPipeline(
-            *sources,
-            mesh=mesh,
-            batch_size=config.batch_size,
-            eval_batch_size=config.eval_batch_size,
-            seed=config.seed,
-            train_transform=config.train_transform,
-            eval_transform=config.eval_transform,
-            image_size=config.image_size,
-            num_workers=config.num_workers,
-            prefetch=config.prefetch,
-            num_classes=config.num_classes or None,  # 0: the data's own
-            mean=tuple(config.mean),
-            std=tuple(config.std),
-            pad=config.pad,
-        )
-    except ValueError as e:  # DataError included: one line naming the path and the fix
-        raise tfds_data.DatasetUnavailableError(str(e)) from None
-
-
-def _tfds_array_record_sources(config: Any) -> tuple[Any, Any]:
-    from train import streaming, tfds_data
-
-    data_dir = tfds_data.resolve_data_dir(config.data_dir)
-    try:
-        return streaming.tfds_sources(config.dataset, data_dir, config.train_split, config.eval_split)
-    except Exception as e:  # tfds raises several types for a missing or TFRecord-only dataset
-        raise tfds_data.DatasetUnavailableError(
-            f"cannot read {config.dataset} from {data_dir} with tfds.data_source ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''}): pipeline='grain' needs it prepared as ArrayRecord "
-            f"(tfds build {config.dataset} --file_format=array_record --data_dir={data_dir})"
-        ) from None
-
-
-def create_in_memory(config: Any, mesh: Mesh, data_key: jax.Array) -> InMemoryPipeline:
-    """Reads `config.dataset` through tfds and puts both splits on the mesh's devices.
-
-    Raises:
-      DatasetUnavailableError: the dataset or a split cannot be read, or the split has fewer examples
-        than one batch, or config.num_classes disagrees with the dataset's label count.
-    """
-    from train import tfds_data
-
-    builder = tfds_data.get_builder(config.dataset, config.data_dir)
-    num_classes, class_names = tfds_data.label_info(builder)
-    if num_classes is None and not config.num_classes:
-        raise tfds_data.DatasetUnavailableError(
-            f"{config.dataset} does not say how many classes it has: pass --config.num_classes=N"
-        )
-    if num_classes is not None and config.num_classes and num_classes != config.num_classes:
-        raise tfds_data.DatasetUnavailableError(
-            f"num_classes={config.num_classes} but {config.dataset} has {num_classes} classes: "
-            f"pass --config.num_classes={num_classes} (or 0: the dataset's own)"
-        )
-    train_images, train_labels = tfds_data.load_split(builder, config.train_split)
-    eval_images, eval_labels = tfds_data.load_split(builder, config.eval_split)
-    # Resized inside the jitted steps, not here: the split stays uint8 at its own size on the devices
-    # (CIFAR-10 at 224 px would be 7.5 GB instead of 150 MB) and only each batch is enlarged.
-    resize_to = config.image_size if config.image_size else 0
-    if resize_to and tuple(train_images.shape[1:3]) == (resize_to,) * 2:
-        resize_to = 0
-    if len(train_labels) < config.batch_size:
-        raise tfds_data.DatasetUnavailableError(
-            f"batch_size={config.batch_size} exceeds the {len(train_labels)} training examples of "
-            f"{config.dataset}: pass a smaller --config.batch_size"
-        )
-    return InMemoryPipeline(
-        put_train(train_images, train_labels, mesh),
-        put_eval(eval_images, eval_labels, config.eval_batch_size, mesh),
-        batch_size=config.batch_size,
-        data_key=data_key,
-        preprocess=preprocess_spec(config.normalization, config.mean, config.std, train_images),
-        num_classes=config.num_classes or num_classes,
-        class_names=class_names,
-        resize_to=resize_to,
-    )

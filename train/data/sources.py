@@ -1,14 +1,12 @@
 """Random-access sources the streaming pipeline reads: the protocol, tfds ArrayRecord sources, names.
 
-An ImageFolder (train/image_folder.py) and a `tfds.data_source` both qualify: `len(source)` and
+An ImageFolder (train/data/image_folder.py) and a `tfds.data_source` both qualify: `len(source)` and
 `source[i] -> {'image': encoded bytes or uint8 array, 'label': int}`.
 """
 
 from __future__ import annotations
 
 from typing import Any, Protocol
-
-from train.image_folder import ImageFolder
 
 
 class RandomAccessSource(Protocol):
@@ -19,16 +17,16 @@ class RandomAccessSource(Protocol):
     def __getitem__(self, index: int) -> dict[str, Any]: ...
 
 
-def describe(source: RandomAccessSource) -> str:
+def source_name(source: RandomAccessSource) -> str:
     """A short name of a source for messages (a list's repr would print every image)."""
-    if isinstance(source, ImageFolder) or hasattr(source, "dataset_info"):
+    if hasattr(source, "class_names") or hasattr(source, "dataset_info"):  # an ImageFolder, a tfds source
         return repr(source)
     return f"{type(source).__name__} of {len(source)}"
 
 
 def class_names_of(source: RandomAccessSource) -> tuple[str, ...] | None:
     """The class names an ImageFolder or a tfds data source knows, else None."""
-    if isinstance(source, ImageFolder):
+    if hasattr(source, "class_names"):  # an ImageFolder
         return source.class_names
     info = getattr(source, "dataset_info", None)
     label = info.features["label"] if info is not None and "label" in info.features else None

@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import TYPE_CHECKING
 
 import grain
 import numpy as np
 
-from train import image_ops
-from train.data_sources import RandomAccessSource
-from train.image_ops import Transform
+from train.data import image_ops
+from train.data.image_ops import Transform
+
+if TYPE_CHECKING:
+    from train.data.sources import RandomAccessSource
 
 
 @functools.lru_cache(maxsize=16)

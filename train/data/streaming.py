@@ -1,8 +1,8 @@
 """Input pipeline for datasets read from disk while training (ImageNet and the like), built on grain.
 
-Training batch `s` is a pure function of (seed, s) (train/stream_order.py): a run resumed at any step sees
-exactly the batches an uninterrupted run would, with no iterator state to checkpoint, and the batches do not
-depend on the number of worker processes or hosts.
+Training batch `s` is a pure function of (seed, s) (train/data/stream_order.py): a run resumed at any
+step sees exactly the batches an uninterrupted run would, with no iterator state to checkpoint, and the
+batches do not depend on the number of worker processes or hosts.
 
 Each process reads, decodes and augments only its rows of every global batch (process p of P owns rows
 [p * B / P, (p + 1) * B / P)), in grain worker processes, and a background thread assembles the global
@@ -21,11 +21,11 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from train import image_ops
-from train.data_sources import RandomAccessSource, class_names_of, describe, tfds_sources  # noqa: F401
-from train.image_folder import DataError, check_num_classes
-from train.image_ops import TRANSFORMS, Transform  # noqa: F401  (TRANSFORMS: the names callers may pass)
-from train.stream_order import EvalExample, TrainExample, read_example
+from train.data import image_ops
+from train.data.image_folder import DataError, check_num_classes
+from train.data.image_ops import Transform
+from train.data.sources import RandomAccessSource, class_names_of, source_name
+from train.data.stream_order import EvalExample, TrainExample, read_example
 
 # Grain datasets need a length; training positions are unbounded, so the stream is this long.
 _ENDLESS = sys.maxsize // 2
@@ -167,9 +167,9 @@ class StreamingPipeline:
         self.steps_per_epoch = self.num_train_examples // batch_size
         self.class_names = class_names_of(train_source)
         if self.class_names is not None and num_classes is not None:
-            check_num_classes(self.class_names, num_classes, describe(train_source))
+            check_num_classes(self.class_names, num_classes, source_name(train_source))
         if self.class_names is None and num_classes is None:
-            raise DataError(f"{describe(train_source)} has no class names: pass num_classes")
+            raise DataError(f"{source_name(train_source)} has no class names: pass num_classes")
         self.num_classes = num_classes if num_classes is not None else len(self.class_names)
         self.image_shape = self._output_shape(train_source, self.train_transform)
         eval_shape = self._output_shape(eval_source, self.eval_transform)
@@ -185,7 +185,7 @@ class StreamingPipeline:
     @staticmethod
     def _output_shape(source: RandomAccessSource, transform: Transform) -> tuple[int, int, int]:
         if transform.name in ("none", "pad_crop_flip"):  # keeps the source's size: decode one to see it
-            image, _ = read_example(source, describe(source), 0, transform, image_ops.example_rng(0, 0))
+            image, _ = read_example(source, source_name(source), 0, transform, image_ops.example_rng(0, 0))
             return tuple(image.shape)
         return (transform.size, transform.size, 3)
 
@@ -211,7 +211,7 @@ class StreamingPipeline:
         {'image': uint8 [B / P, H, W, 3], 'label': int32 [B / P]}."""
         example = TrainExample(
             self.train_source,
-            describe(self.train_source),
+            source_name(self.train_source),
             self.train_transform,
             self.seed,
             self.batch_size,
@@ -231,7 +231,7 @@ class StreamingPipeline:
             self.eval_source, self.eval_transform)  # fmt: skip
         example = EvalExample(
             source,
-            describe(source),
+            source_name(source),
             transform,
             self.eval_batch_size,
             self.local_eval_batch_size,

@@ -24,22 +24,18 @@ class DatasetUnavailableError(RuntimeError):
 
 
 def _tfds():
-    # Imported on first use: `import train` must not pull TensorFlow in. Entry points hide the GPUs
-    # from TensorFlow (see train/__main__.py).
+    # Imported on first use: tfds takes seconds to import and only the tfds paths need it.
     import tensorflow_datasets as tfds
 
     return tfds
 
 
-def hide_gpus_from_tensorflow() -> None:
-    """Keeps TensorFlow off the GPUs: it only decodes records here, and JAX needs the memory.
+def _tensorflow_off_the_gpus() -> None:
+    """Imports TensorFlow, which reading or preparing TFRecords needs, and keeps it off the GPUs: it only
+    decodes records here, and JAX needs the memory. Called just before the first TensorFlow use, so runs
+    that never read a TFRecord (image folders, ArrayRecord) never import TensorFlow."""
+    import tensorflow as tf  # the optional TFRecord path: tensorflow-datasets reads those through it
 
-    Process-wide: the programs' entry points call it, library functions do not.
-    """
-    try:
-        import tensorflow as tf
-    except ImportError:
-        return
     tf.config.set_visible_devices([], "GPU")
 
 
@@ -83,6 +79,7 @@ def get_builder(name: str, data_dir: str | None) -> Any:
     manual_dir = os.path.join(root, "downloads", "manual")
     archive = MANUAL_ARCHIVES.get(name)
     if archive and os.path.exists(os.path.join(manual_dir, archive)):
+        _tensorflow_off_the_gpus()
         builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
         return builder
     host = DOWNLOAD_HOSTS.get(name)
@@ -90,6 +87,7 @@ def get_builder(name: str, data_dir: str | None) -> Any:
         reason = "RESNET_JAX_OFFLINE=1 forbids downloading it"
     elif host is None or _reachable(host):
         try:
+            _tensorflow_off_the_gpus()
             builder.download_and_prepare()
             return builder
         except Exception as e:  # tfds raises many kinds (network, checksums, manual download required)
@@ -140,6 +138,7 @@ def load_split(builder: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
         raise DatasetUnavailableError(
             f"split {split!r} not in {builder.info.name}; available: {', '.join(known)}"
         )
+    _tensorflow_off_the_gpus()
     try:
         dataset = builder.as_dataset(split=split, batch_size=10_000, shuffle_files=False)
         chunks = list(tfds.as_numpy(dataset))
