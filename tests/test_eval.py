@@ -107,7 +107,7 @@ def _folder_config(folder, **overrides):
     c.pipeline, c.data_source = "grain", "folder"
     c.train_dir, c.eval_dir = str(folder / "train"), str(folder / "test")
     c.num_classes, c.eval_batch_size = len(CLASSES), 8
-    c.train_transform, c.eval_transform, c.image_size = "pad_crop_flip", "resize", 24
+    c.train_transform, c.eval_transform, c.image_size = "random_resized_crop", "resize", 24
     c.update(overrides)
     return c
 

@@ -234,8 +234,8 @@ class Transform:
         if self.name == "random_resized_crop":
             return random_resized_crop(img, rng, self.size, self.area, name=name)
         if self.name == "resize_shorter_center_crop":
-            resize = self.resize_size or round(self.size * 256 / 224)
-            return resize_shorter_center_crop(img, resize, self.size, name=name)
+            shorter = self.resize_size or round(self.size * 256 / 224)
+            return resize_shorter_center_crop(img, shorter, self.size, name=name)
         if self.name == "resize":
             return resize(img, self.size, name=name)
         decoded = to_rgb_array(img, name)
