@@ -156,6 +156,12 @@ def test_save_rejects_bad_meta_mismatched_variables_and_existing_dir(tmp_path, r
         save_checkpoint(tmp_path / "a", variables, meta)
     save_checkpoint(tmp_path / "a", variables, {**meta, "step": 1}, overwrite=True)
     assert load_meta(tmp_path / "a")["step"] == 1
+    # overwrite=True replaces a checkpoint, never a folder of anything else.
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match=r"refusing to replace .*mine: it holds files that are not"):
+        save_checkpoint(tmp_path / "mine", variables, meta, overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
 def test_workdir_checkpoints_dir_and_step_dir_resolve(tmp_path, resnet20):
@@ -419,6 +425,17 @@ def test_restore_matching_lists_every_mismatched_missing_and_unexpected_key(resn
         restore_matching(target, source, skip=("params/head",))
     assert "head" not in str(info.value).replace("skipping 'params/head'", "")
     assert "stage3_block2/conv2/kernel" in str(info.value)
+
+
+def test_restore_matching_error_counts_every_key_and_lists_ten_of_each_kind(resnet20):
+    _, source = resnet20
+    deeper = _variables(create_model("resnet56", num_classes=3))  # 9 blocks a stage where source has 3
+    with pytest.raises(ValueError) as info:
+        restore_matching(deeper, source)
+    lines = str(info.value).splitlines()
+    # 18 blocks more, 10 arrays each: unabridged, 183 lines.
+    assert lines[0] == "cannot restore source into target: 2 shape mismatch, 180 missing from source"
+    assert len(lines) == 1 + 2 + 10 + 1 and lines[-1] == "  ... and 170 more missing from source"
 
 
 def test_restore_matching_rejects_a_skip_prefix_that_matches_nothing(resnet20):

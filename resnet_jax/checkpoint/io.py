@@ -22,7 +22,9 @@ from resnet_jax.checkpoint.trees import (
     abstract_variables,
     checksums,
     corrupted_keys,
+    counts,
     flatten,
+    listing,
     tree_differences,
 )
 from resnet_jax.preprocess import short_repr
@@ -53,14 +55,16 @@ def save_checkpoint(
       variables: {'params', 'batch_stats', ...anything else to save}; jax or numpy arrays. 'batch_stats'
         only where the model has BatchNorm (a GroupNorm model has none).
       meta: see `make_meta`; checked against the contract and against the variables' shapes.
-      overwrite: replace an existing directory.
+      overwrite: replace an existing directory, if it is empty or a checkpoint step directory (see
+        `check_replaceable`); anything else is never deleted.
 
     Returns:
       The absolute path of the step directory.
 
     Raises:
       ValueError: for bad meta, or params/batch_stats that do not fit the model meta describes
-        (listing the keys); FileExistsError if the directory exists and not `overwrite`.
+        (listing the keys); FileExistsError if the directory exists and not `overwrite`, or holds
+        something other than a checkpoint.
     """
     path = absolute(directory)
     validate_meta(meta)
@@ -71,13 +75,13 @@ def save_checkpoint(
     expected = flatten(abstract)
     actual = flatten({c: variables[c] for c in abstract})
     problems = tree_differences(expected, actual, names=("model", "variables"))
-    if problems:
-        raise ValueError(
-            f"variables do not fit the model meta describes ({meta['model']}, {meta['model_kwargs']}):\n  "
-            + "\n  ".join(problems)
-        )
+    if any(problems.values()):
+        what = f"{meta['model']}, {meta['model_kwargs']}"
+        summary = f"variables do not fit the model meta describes ({what}): {counts(problems)}"
+        raise ValueError("\n".join([summary, *listing(problems)]))
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    check_replaceable(path)
     state = flax.core.unfreeze(dict(variables))
     meta = {**meta, "checksums": checksums(state)}
     ocp.Checkpointer(ocp.CompositeCheckpointHandler()).save(
@@ -104,6 +108,41 @@ def _reader() -> ocp.Checkpointer:
 
 def _is_step_dir(path: epath.Path) -> bool:
     return (path / "state").is_dir() or (path / "meta").is_dir() or (path / "_CHECKPOINT_METADATA").exists()
+
+
+# What a step directory holds: the items save_checkpoint and training runs write, and orbax's markers.
+_STEP_ENTRIES = ("state", "meta", "metrics", "_CHECKPOINT_METADATA", "commit_success.txt")
+
+
+def check_replaceable(path: str | os.PathLike) -> None:
+    """Checks that `path` may be deleted to write a checkpoint there: it does not exist, is an empty
+    directory, or is a finalized checkpoint step directory with a readable meta and nothing else in it.
+
+    Raises:
+      FileExistsError: naming what is there otherwise (a file, a folder of other files, a training
+        workdir or checkpoints directory, an unreadable checkpoint), which is left as it is.
+    """
+    path = absolute(path)
+    if not path.exists():
+        return
+    refuse = f"refusing to replace {path}: it"
+    if not path.is_dir():
+        raise FileExistsError(f"{refuse} is a file, not a checkpoint directory")
+    entries = sorted(p.name for p in path.iterdir())
+    other = [e for e in entries if e not in _STEP_ENTRIES]
+    if other:
+        more = f" and {len(other) - 5} more" if len(other) > 5 else ""
+        raise FileExistsError(
+            f"{refuse} holds files that are not a checkpoint's ({', '.join(other[:5])}{more}); "
+            "choose another path, or move them away yourself"
+        )
+    if entries and not ocp.path.step.is_path_finalized(path):
+        raise FileExistsError(f"{refuse} is an unfinished checkpoint save; remove it yourself")
+    if entries:
+        try:
+            read_meta(path)
+        except CheckpointError as e:
+            raise FileExistsError(f"{refuse} is not a readable resnet-jax checkpoint ({e})") from e
 
 
 def finalized_steps(checkpoints_dir: epath.Path) -> list[int]:
@@ -268,11 +307,12 @@ def load_variables(
         raise unusable(step_dir, f"cannot read its state metadata ({brief(e)})") from e
     saved_flat = flatten({c: saved[c] for c in abstract})
     problems = tree_differences(flatten(abstract), saved_flat, names=("model", "checkpoint"))
-    if problems:
-        raise CheckpointError(
+    if any(problems.values()):
+        summary = (
             f"checkpoint {step_dir}: its state does not fit the model its meta describes "
-            f"({meta['model']}, {meta['model_kwargs']}):\n  " + "\n  ".join(problems)
+            f"({meta['model']}, {meta['model_kwargs']}): {counts(problems)}"
         )
+        raise CheckpointError("\n".join([summary, *listing(problems)]))
     # Restore with the saved dtypes so a round trip is bitwise, onto the requested sharding.
     target = flax.traverse_util.unflatten_dict(
         {k: jax.ShapeDtypeStruct(v.shape, saved_flat[k].dtype) for k, v in flatten(abstract).items()}, sep="/"

@@ -22,28 +22,58 @@ def flatten(tree: Mapping[str, Any]) -> dict[str, Any]:
     return flax.traverse_util.flatten_dict(flax.core.unfreeze(tree), sep="/")
 
 
+# How many entries of each kind an error lists before "... and N more": a wrong architecture differs in
+# hundreds of keys, and the first few say what is wrong.
+LISTED = 10
+
+
 def tree_differences(
     target: Mapping[str, Any], source: Mapping[str, Any], names: tuple[str, str] = ("target", "source")
-) -> list[str]:
-    """One line per key whose shape differs, then per key missing from / unexpected in `source`.
+) -> dict[str, list[str]]:
+    """The keys whose shape differs, those missing from `source` and those unexpected in it.
 
     Args:
       target, source: flat dicts (see `flatten`) of arrays or shape-carrying leaves.
       names: how the two are called in the lines.
+
+    Returns:
+      {'shape mismatch': lines, 'missing from <source>': lines, 'unexpected in <source>': lines}, one
+      self-describing line per key (e.g. 'missing from source: params/head/bias (10,)'), sorted; empty
+      lists where nothing differs. `counts` and `listing` make them an error message.
     """
     first, second = names
-    lines = [
-        f"shape mismatch {key}: {first} {tuple(target[key].shape)} vs {second} {tuple(source[key].shape)}"
-        for key in sorted(target.keys() & source.keys())
-        if tuple(target[key].shape) != tuple(source[key].shape)
-    ]
-    lines += [
-        f"missing from {second}: {k} {tuple(target[k].shape)}" for k in sorted(target.keys() - source.keys())
-    ]
-    lines += [
-        f"unexpected in {second}: {k} {tuple(source[k].shape)}" for k in sorted(source.keys() - target.keys())
-    ]
-    return lines
+    mismatched = sorted(
+        k for k in target.keys() & source.keys() if tuple(target[k].shape) != tuple(source[k].shape)
+    )
+    return {
+        "shape mismatch": [
+            f"shape mismatch {k}: {first} {tuple(target[k].shape)} vs {second} {tuple(source[k].shape)}"
+            for k in mismatched
+        ],
+        f"missing from {second}": [
+            f"missing from {second}: {k} {tuple(target[k].shape)}"
+            for k in sorted(target.keys() - source.keys())
+        ],
+        f"unexpected in {second}": [
+            f"unexpected in {second}: {k} {tuple(source[k].shape)}"
+            for k in sorted(source.keys() - target.keys())
+        ],
+    }
+
+
+def counts(groups: Mapping[str, Sequence[str]]) -> str:
+    """'2 shape mismatch, 83 missing from source': the size of every non-empty group of error lines."""
+    return ", ".join(f"{len(lines)} {label}" for label, lines in groups.items() if lines)
+
+
+def listing(groups: Mapping[str, Sequence[str]], limit: int = LISTED) -> list[str]:
+    """The first `limit` lines of every group, indented, each group's rest as '... and N more <label>'."""
+    out = []
+    for label, lines in groups.items():
+        out += [f"  {line}" for line in lines[:limit]]
+        if len(lines) > limit:
+            out.append(f"  ... and {len(lines) - limit} more {label}")
+    return out
 
 
 def abstract_variables(model: nn.Module) -> dict[str, Any]:
@@ -77,9 +107,9 @@ def restore_matching(
         only the params. Keys under a skipped prefix may exist on either side only.
 
     Raises:
-      ValueError: listing every key whose shape differs (with both shapes), every key missing from
-        source, every unexpected key in source, and every skip prefix that matches no key. Nothing is
-        partially loaded.
+      ValueError: counting the keys whose shape differs (with both shapes), the keys missing from source,
+        the unexpected keys in source and the skip prefixes that match no key, and listing the first
+        `LISTED` of each. Nothing is partially loaded.
     """
     prefixes = tuple(p.strip("/") for p in skip)
 
@@ -97,10 +127,16 @@ def restore_matching(
         {k: v for k, v in source.items() if not skipped(k)},
     )
     keys = target.keys() | source.keys()
-    problems += [f"skip prefix {p!r} matches no key" for p in prefixes if not any(under(k, p) for k in keys)]
-    if problems:
+    problems["skip prefix matching no key"] = [
+        f"skip prefix {p!r} matches no key" for p in prefixes if not any(under(k, p) for k in keys)
+    ]
+    if any(problems.values()):
         skipping = f" (skipping {', '.join(map(repr, prefixes))})" if prefixes else ""
-        raise ValueError(f"cannot restore source into target{skipping}:\n  " + "\n  ".join(problems))
+        raise ValueError(
+            "\n".join(
+                [f"cannot restore source into target{skipping}: {counts(problems)}", *listing(problems)]
+            )
+        )
 
     def copy(key: str, value: Any) -> Any:
         if skipped(key):

@@ -1,8 +1,9 @@
 """Shared machinery: fill a Flax ResNet's variables from a flat {name: array} dict of another framework.
 
 Each converter supplies `source_key(path)`, which names the source entry for one Flax variable and
-says how to permute its axes. Checking every Flax variable against the source in one pass lets the
-error list all missing, unexpected and mis-shaped entries at once.
+says how to permute its axes; the same function maps both ways (`assemble_variables` imports,
+`source_arrays` exports). Checking every Flax variable against the source in one pass lets the error
+count all missing, unexpected and mis-shaped entries at once.
 """
 
 from __future__ import annotations
@@ -10,11 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from resnet_jax.checkpoint.trees import listing
 from resnet_jax.models import ResNet
 
 # A Flax variable path, e.g. ('params', 'stage1_block0', 'conv1', 'kernel').
@@ -66,10 +69,11 @@ def assemble_variables(
       source_key: maps a Flax variable path to (source name, axis permutation or None).
       what: describes the source in the error message, e.g. "torchvision resnet50 state dict".
       ignored: source names with no Flax counterpart that are dropped silently.
-      hint: appended to the error message (e.g. which architecture the keys look like).
+      hint: what to do, put first in the error message (e.g. which architecture the keys fit).
 
     Raises:
-      ValueError: listing every missing, unexpected and mis-shaped entry (with both shapes).
+      ValueError: the hint, then the counts of missing, unexpected and mis-shaped entries, then the
+        first `LISTED` of each (mis-shaped ones with both shapes).
     """
     flat, missing, misshaped = {}, [], []
     used = set(ignored)
@@ -78,18 +82,39 @@ def assemble_variables(
         used.add(name)
         want = source_shape(shape, perm)
         if name not in source:
-            missing.append(f"  {name}  (expected shape {want})")
+            missing.append(f"missing {name} (expected shape {want})")
         elif tuple(source[name].shape) != want:
-            misshaped.append(f"  {name}: got shape {tuple(source[name].shape)}, expected {want}")
+            misshaped.append(f"mis-shaped {name}: got shape {tuple(source[name].shape)}, expected {want}")
         else:
             array = source[name] if perm is None else np.transpose(source[name], perm)
             flat[path] = jnp.asarray(array, jnp.float32)
-    unexpected = [f"  {name}  (shape {tuple(source[name].shape)})" for name in source if name not in used]
+    unexpected = [
+        f"unexpected {name} (shape {tuple(source[name].shape)})" for name in source if name not in used
+    ]
+    problems = {"missing": missing, "unexpected": unexpected, "mis-shaped": misshaped}
     if missing or unexpected or misshaped:
-        counts = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped"
-        lines = [f"{what} does not fit the model ({counts}):"]
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
-            if items:
-                lines += [f"{label}:", *items]
-        raise ValueError("\n".join(lines + ([hint] if hint else [])))
+        # The hint (the architecture that fits, say) first: the lists can run to hundreds of keys.
+        first = f"{what} does not fit the model" + (f"; {hint}" if hint else "")
+        summary = f"{len(missing)} missing, {len(unexpected)} unexpected, {len(misshaped)} mis-shaped:"
+        raise ValueError("\n".join([first, summary, *listing(problems)]))
     return traverse_util.unflatten_dict(flat)
+
+
+def source_arrays(
+    variables: Mapping[str, Any], source_key: Callable[[Path], SourceKey]
+) -> dict[str, np.ndarray]:
+    """The inverse of `assemble_variables`: {source name: numpy array in the source's layout}.
+
+    Args:
+      variables: {'params', 'batch_stats'} of a model whose every variable `source_key` names.
+      source_key: as for `assemble_variables`.
+    """
+    out = {}
+    for path, value in traverse_util.flatten_dict(flax.core.unfreeze(variables)).items():
+        name, perm = source_key(path)
+        array = np.asarray(value)
+        # assemble_variables took transpose(source, perm); argsort(perm) undoes it. A writable C-order copy:
+        # torch.from_numpy and safetensors take it as it is.
+        array = array if perm is None else np.transpose(array, np.argsort(perm))
+        out[name] = np.array(array, order="C", copy=True)
+    return out

@@ -21,13 +21,17 @@ classifier_activation='softmax' returns their softmax.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path as FilePath
 from typing import Any
 
 from resnet_jax.convert._mapping import Path, SourceKey, assemble_variables, to_numpy
 from resnet_jax.models import ResNet
-from resnet_jax.preprocess import CAFFE
+from resnet_jax.preprocess import CAFFE, short_repr
 from resnet_jax.registry import create_model
 
 ARCHS = {
@@ -149,11 +153,34 @@ def load_keras_model(path: str | FilePath, arch: str, num_classes: int = 1000) -
     model = getattr(keras.applications, ARCHS[arch])(
         weights=None, classes=num_classes, classifier_activation=None
     )
-    try:
-        model.load_weights(str(path))
-    except Exception as e:  # Keras raises assorted types (ValueError, KeyError, OSError) for bad files
-        raise ValueError(
-            f"could not load {path} into keras.applications.{ARCHS[arch]}(classes={num_classes}): {e}; "
-            "check --arch and --num-classes and that the file holds that model's weights"
-        ) from e
+    with _quiet() as caught:
+        try:
+            model.load_weights(str(path))
+        except Exception as e:  # Keras raises assorted types (ValueError, KeyError, OSError) for bad files
+            raise ValueError(
+                f"could not load {path} into keras.applications.{ARCHS[arch]}(classes={num_classes}): "
+                f"{_reason(e)}; check --arch and --num-classes and that the file holds that model's weights"
+            ) from e
+    for w in caught:  # a good file raises none; whatever a load that worked had to say is still shown
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     return model
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[list[warnings.WarningMessage]]:
+    """Holds back Python warnings and silences logging, restoring both after: a file that does not fit
+    makes Keras warn once per layer (hundreds of lines) before it raises."""
+    disabled = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield caught
+    finally:
+        logging.disable(disabled)
+
+
+def _reason(error: Exception) -> str:
+    """Keras' message on one line, without its list of every layer that failed (kilobytes)."""
+    text = str(error).split("List of objects that could not be loaded")[0]
+    return short_repr(" ".join(text.split()), 400)

@@ -13,6 +13,8 @@ prefix of DataParallel (or any prefix shared by every key).
 
 Inputs: torchvision's ImageNet weights expect RGB scaled to [0, 1], then normalised per channel
 with mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225) (`PREPROCESS`). Images are NHWC here.
+
+The export back to torchvision (`torchvision_export.to_torchvision`) maps names through `source_key` too.
 """
 
 from __future__ import annotations
@@ -67,7 +69,9 @@ _LEAVES = {
 _OIHW_TO_HWIO = (2, 3, 1, 0)
 
 
-def _source_key(path: Path) -> SourceKey:
+def source_key(path: Path) -> SourceKey:
+    """The torchvision state-dict name of a Flax variable and the permutation from its layout to Flax's;
+    import (`from_torchvision`) and export (`to_torchvision`) both map through it."""
     _, *modules, leaf = path
     names = []
     for module in modules:
@@ -85,7 +89,7 @@ def _expected_shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
     shapes = variable_shapes(create_model(arch, num_classes=num_classes))
     expected = {}
     for path, shape in shapes.items():
-        name, perm = _source_key(path)
+        name, perm = source_key(path)
         expected[name] = source_shape(shape, perm)
     return expected
 
@@ -201,7 +205,7 @@ def from_torchvision(state_dict: Mapping[str, Any], arch: str) -> tuple[ResNet, 
     variables = assemble_variables(
         model,
         source,
-        _source_key,
+        source_key,
         what=f"torchvision {arch} state dict",
         ignored=[name for name in source if name.endswith("num_batches_tracked")],
         hint=_hint(source, arch),
