@@ -15,7 +15,8 @@ CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 def get_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
 
-    # Model: a name from resnet_jax.available_models() plus create_model overrides.
+    # Model: a name from resnet_jax.available_models() plus create_model overrides. With init_checkpoint:
+    # '' or the checkpoint's own architecture (fine-tuning never changes it).
     c.model = "resnet20"
     c.model_kwargs = ml_collections.ConfigDict()  # e.g. {'zero_init_last_bn': True}
     c.half_precision = False  # bf16 compute (params, BN statistics and logits stay float32)

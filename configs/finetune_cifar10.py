@@ -18,6 +18,7 @@ from configs import default
 
 def get_config() -> ml_collections.ConfigDict:
     c = default.get_config()
+    c.model = ""  # the init checkpoint's architecture (train/finetune.py)
     # Required: --config.init_checkpoint=PATH (workdir, checkpoints dir or step dir).
     c.freeze_backbone = True
     c.head_hidden = 0  # 1024: the seed article's head, Dense(1024) + ReLU + Dense(num_classes)

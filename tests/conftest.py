@@ -13,8 +13,8 @@ if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
     os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-# No persistent compilation cache for the suite's runs (tests/test_compilation_cache.py turns it on
-# itself): test results never depend on what an earlier run left in ~/.cache.
+# The suite's runs never read or write ~/.cache: the `compilation_cache` fixture below gives the session
+# a fresh cache of its own (tests/test_compilation_cache.py tests the user-facing setting itself).
 os.environ.setdefault("RESNET_JAX_CACHE_DIR", "off")
 
 # triton (which torch imports for its compiler) segfaults when it loads after TensorFlow (`python -c
@@ -78,16 +78,17 @@ def data_dir(tmp_path_factory) -> str:
     return path
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """A persistent compilation cache for one module whose runs compile the same programs: repeats (and
-    CLI subprocesses given it as JAX_COMPILATION_CACHE_DIR) load them instead of compiling again."""
+    """One persistent compilation cache for the whole session, in a fresh directory (never ~/.cache): a
+    program compiled by one test (the smoke ResNet-20's steps, above all) is loaded by the next, in this
+    process and in every subprocess (CLI runs, multi-host processes, the notebook), which inherit it
+    through JAX's own environment variables."""
     import jax
 
     cache = str(tmp_path_factory.mktemp("jax_cache"))
-    old = jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     jax.config.update("jax_compilation_cache_dir", cache)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    yield cache
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+    return cache

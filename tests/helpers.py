@@ -1,6 +1,6 @@
 """Helpers shared by the run tests: configs over the fake dataset, saved states, run comparisons, backbones.
 
-Fixtures live in conftest.py (`data_dir`, `compilation_cache`); these are plain functions.
+Fixtures live in conftest.py (`data_dir`, the session's `compilation_cache`); these are plain functions.
 """
 
 import os
@@ -40,12 +40,6 @@ def smoke_command(workdir, data_dir, *flags):
     return [sys.executable, "-m", "train", "--config", config, f"--workdir={workdir}",
             "--config.dataset=fake_cifar", f"--config.data_dir={data_dir}", "--config.log_every_steps=1",
             *flags]  # fmt: skip
-
-
-def cached_env(compilation_cache):
-    """This environment with the `compilation_cache` fixture's cache, for CLI subprocesses."""
-    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": compilation_cache,
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}  # fmt: skip
 
 
 def start_training(command, workdir, env):

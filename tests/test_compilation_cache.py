@@ -8,6 +8,8 @@ import pytest
 
 from resnet_jax.compilation_cache import ENV_VAR, default_cache_dir, resolve_cache_dir
 
+pytestmark = pytest.mark.slow  # the full tier: python -m pytest -m "slow or not slow"
+
 
 def test_location_rules(monkeypatch, tmp_path):
     monkeypatch.delenv(ENV_VAR, raising=False)

@@ -2,8 +2,11 @@
 does; bad input is one line, exit 1, with nothing on disk changed."""
 
 import numpy as np
+import pytest
 from convert_helpers import TOL, max_diff, run_cli, torch_logits, torch_modules, torchvision_net
 from flax import traverse_util
+
+pytestmark = pytest.mark.slow  # the full tier: python -m pytest -m "slow or not slow"
 
 
 def test_cli_torchvision_writes_loadable_checkpoint(tmp_path):

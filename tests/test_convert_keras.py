@@ -15,6 +15,8 @@ import numpy as np
 import pytest
 from convert_helpers import KERAS_REASON, TOL, max_diff, randomize_keras, run_cli
 
+pytestmark = pytest.mark.slow  # the full tier: python -m pytest -m "slow or not slow"
+
 KERAS_CASES = [("ResNet50", 7, 97, 131), ("ResNet101", 10, 64, 96), ("ResNet152", 10, 64, 96)]
 
 

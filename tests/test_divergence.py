@@ -19,8 +19,6 @@ from train import health, programs, run_config, steps
 from train import train as train_lib
 from train.health import TrainingDiverged
 
-pytestmark = pytest.mark.usefixtures("compilation_cache")
-
 
 def files(directory: Path) -> dict[str, bytes]:
     return {
@@ -35,6 +33,7 @@ def strict_json_lines(path: Path) -> list[dict]:
     return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_divergence_then_lower_rate_resumes_from_the_last_healthy_checkpoint(data_dir, tmp_path, capsys):
     train_lib.train_and_evaluate(smoke_config(data_dir, stop_after_steps=4), str(tmp_path))
     assert RunCheckpoints(str(tmp_path), 2).all_steps() == [4]
@@ -63,10 +62,11 @@ def test_divergence_then_lower_rate_resumes_from_the_last_healthy_checkpoint(dat
     assert run_config.load(str(tmp_path)).learning_rate == 0.1
 
 
-def test_cli_exits_3_with_one_line_and_keeps_the_checkpoint(data_dir, tmp_path, compilation_cache):
+@pytest.mark.slow
+def test_cli_exits_3_with_one_line_and_keeps_the_checkpoint(data_dir, tmp_path):
     train_lib.train_and_evaluate(smoke_config(data_dir, stop_after_steps=4), str(tmp_path))
     healthy = files(tmp_path / "checkpoints" / "4")
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": compilation_cache}
+    env = dict(os.environ)
     cmd = smoke_command(tmp_path, data_dir, "--config.learning_rate=1e6")
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 3, done.stderr[-2000:]
@@ -109,6 +109,7 @@ def test_exploded_parameters_and_nan_evaluation_are_unhealthy():
     assert exploded.startswith("the parameters exploded: their norm grew from 50 to 2e+22")
 
 
+@pytest.mark.slow
 def test_a_poisoned_checkpoint_from_before_the_health_check_is_set_aside(data_dir, tmp_path, capsys):
     """A checkpoint whose saved evaluation loss is NaN (as older versions could save) is moved to
     unhealthy_checkpoints/ and the run resumes from the one before."""
@@ -127,6 +128,7 @@ def test_a_poisoned_checkpoint_from_before_the_health_check_is_set_aside(data_di
     assert aside.name.startswith("8-") and (aside / "meta" / "metadata").exists()
 
 
+@pytest.mark.slow
 def test_resume_step_picks_an_earlier_checkpoint_and_keeps_the_newer_ones(data_dir, tmp_path):
     whole = tmp_path / "whole"
     train_lib.train_and_evaluate(smoke_config(data_dir), str(whole))

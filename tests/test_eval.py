@@ -18,8 +18,9 @@ from train import train
 from train.data import testing, tfds_data
 from train.eval import evaluate_checkpoint
 
+pytestmark = pytest.mark.slow  # the full tier: python -m pytest -m "slow or not slow"
+
 REPO = Path(__file__).parents[1]
-pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def _final_logged(workdir):

@@ -149,6 +149,7 @@ def test_variables_must_fit_and_be_float32():
         to_torchvision(model, {"params": variables["params"]})
 
 
+@pytest.mark.slow
 def test_cli_exports_a_saved_checkpoint(tmp_path, capsys):
     _, models = torch_modules()
     import safetensors
@@ -211,6 +212,7 @@ def test_cli_exports_a_saved_checkpoint(tmp_path, capsys):
     assert info.value.code == 2 and "--weights does not go with --to" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_cli_unsupported_model_is_one_line_on_stderr(tmp_path):
     save_tiny_checkpoint(tmp_path / "cifar")  # a ResNet-20
     done = run_cli(

@@ -20,6 +20,8 @@ from train.configuration import ConfigError, build_model, validate_config
 from train.data import testing
 from train.eval import evaluate_checkpoint as evaluate
 
+pytestmark = pytest.mark.slow  # the full tier: python -m pytest -m "slow or not slow"
+
 CIFAR_SPEC = {"kind": "mean_std", "mean": [0.4914, 0.4822, 0.4465], "std": [0.2470, 0.2435, 0.2616]}
 
 

@@ -18,6 +18,8 @@ FORBIDDEN = (
     "tensorflow_datasets",
     "ml_collections",
     "torch",
+    "torchvision",
+    "keras",
     "grain",
     "absl",
     "train",

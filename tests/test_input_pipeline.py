@@ -112,6 +112,7 @@ def real_cifar10(offline_cifar10):
     return offline_cifar10("tfds")
 
 
+@pytest.mark.slow
 def test_real_cifar10_offline_copy(real_cifar10):
     builder = tfds_data.get_builder("cifar10", real_cifar10)
     train_images, train_labels = tfds_data.load_split(builder, "train")

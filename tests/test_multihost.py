@@ -18,6 +18,8 @@ import pytest
 from resnet_jax.checkpoint import load_checkpoint
 from train import metrics as metrics_lib
 
+pytestmark = pytest.mark.slow  # the full tier: python -m pytest -m "slow or not slow"
+
 REPO = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 300
 

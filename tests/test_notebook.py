@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the full tier: python -m pytest -m "slow or not slow"
+
 nbformat = pytest.importorskip("nbformat", reason="needs the test extra: pip install -e '.[test]'")
 nbclient = pytest.importorskip("nbclient", reason="needs the test extra: pip install -e '.[test]'")
 

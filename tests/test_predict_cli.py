@@ -13,6 +13,8 @@ from tiny_checkpoint import CIFAR10_CLASSES, save_tiny_checkpoint
 from resnet_jax import create_model
 from resnet_jax.predict.__main__ import load_image, main, target_size, top_classes
 
+pytestmark = pytest.mark.slow  # the full tier: python -m pytest -m "slow or not slow"
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from tiny_checkpoint import save_tiny_checkpoint
 
+pytestmark = pytest.mark.slow  # the full tier: python -m pytest -m "slow or not slow"
+
 README = Path(__file__).resolve().parents[1] / "README.md"
 FENCE = re.compile(r"(?P<before>(?:<!--[^\n]*-->\s*\n)?)```python\n(?P<code>.*?)```", re.S)
 SKIP = re.compile(r"<!--\s*test:\s*skip\s*\((?P<reason>[^)]*)\)\s*-->")

@@ -4,6 +4,8 @@ All runs use the smoke config (resnet20, batch 16, 12 steps) on a small prepared
 images; checkpoints every 4 steps and at the evaluations (steps 6 and 12).
 """
 
+import json
+import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +19,6 @@ import pytest
 from resnet_jax.checkpoint import RunCheckpoints
 from tests.helpers import (
     assert_same_run,
-    cached_env,
     logged,
     saved_state,
     smoke_command,
@@ -25,10 +26,9 @@ from tests.helpers import (
     start_training,
 )
 from train import metrics as metrics_lib
-from train import train
+from train import programs, train
 
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,58 @@ def test_stop_mid_window_and_resume_is_bitwise_identical(data_dir, uninterrupted
     assert_same_run(uninterrupted, tmp_path)
 
 
+@pytest.mark.slow
+def test_checkpoint_written_before_checksums_and_signatures_existed_resumes(
+    data_dir, uninterrupted, tmp_path
+):
+    """Older versions wrote run checkpoints without 'checksums' and 'state_signature' in their meta: such
+    a checkpoint still resumes, bitwise (the library's load of one: tests/fixtures/resnet20_v0)."""
+    train.train_and_evaluate(smoke_config(data_dir, stop_after_steps=5), str(tmp_path))
+    meta_file = tmp_path / "checkpoints" / "5" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    assert {"checksums", "state_signature"} <= set(meta)
+    meta_file.write_text(
+        json.dumps({k: v for k, v in meta.items() if k not in ("checksums", "state_signature")})
+    )
+    resumed = train.train_and_evaluate(smoke_config(data_dir), str(tmp_path))
+    assert resumed["step"] == 12
+    assert_same_run(uninterrupted, tmp_path)
+
+
+@pytest.mark.slow
+def test_the_host_dispatches_at_most_max_steps_ahead(data_dir, tmp_path, monkeypatch):
+    """Each step sleeps 50 ms on the device; the host's lead over the finished steps stays within the
+    bound (the step just dispatched plus max_steps_ahead unfinished ones), and it does run ahead."""
+    dispatched, finished, lead = [0], set(), []
+    original = programs.make_train_fn
+
+    def make_train_fn(step_fn, mesh, device_batch, aug_key):
+        def slow_step(state, batch, rng):
+            def ran(step):
+                time.sleep(0.05)
+                finished.add(int(step))
+
+            jax.debug.callback(ran, state.step)  # runs when the device executes the step
+            return step_fn(state, batch, rng)
+
+        run = original(slow_step, mesh, device_batch, aug_key)
+
+        def dispatch(*args):
+            dispatched[0] += 1
+            lead.append(dispatched[0] - len(finished))
+            return run(*args)
+
+        return dispatch
+
+    monkeypatch.setattr(programs, "make_train_fn", make_train_fn)
+    c = smoke_config(data_dir, max_steps_ahead=2, log_every_steps=100, eval_every_steps=-1)
+    c.checkpoint_every_steps = 100
+    train.train_and_evaluate(c, str(tmp_path))
+    assert dispatched[0] == 12 and len(finished) == 12
+    assert 2 <= max(lead) <= 3, lead
+
+
+@pytest.mark.slow
 def test_dropout_run_resumes_bitwise_identical(data_dir, uninterrupted, tmp_path):
     """Dropout keys come from the step's key: a resumed run drops the same units as an uninterrupted one."""
     dropout = dict(model_kwargs={"dropout_rate": 0.3})
@@ -66,6 +118,7 @@ class Killed(Exception):
     pass
 
 
+@pytest.mark.slow
 def test_kill_between_checkpoints_resumes_from_the_last_one(
     data_dir, uninterrupted, tmp_path, monkeypatch, capsys
 ):
@@ -88,6 +141,7 @@ def test_kill_between_checkpoints_resumes_from_the_last_one(
     assert_same_run(uninterrupted, tmp_path)
 
 
+@pytest.mark.slow
 def test_half_written_checkpoint_is_never_latest(data_dir, uninterrupted, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(uninterrupted, workdir)
@@ -100,6 +154,7 @@ def test_half_written_checkpoint_is_never_latest(data_dir, uninterrupted, tmp_pa
     assert result["step"] == 12 and result["test_accuracy"] == logged(uninterrupted)[-1]["accuracy"]
 
 
+@pytest.mark.slow
 def test_corrupted_latest_checkpoint_is_named_set_aside_and_the_run_resumes_from_an_intact_one(
     data_dir, uninterrupted, tmp_path, capsys
 ):
@@ -119,11 +174,10 @@ def test_corrupted_latest_checkpoint_is_named_set_aside_and_the_run_resumes_from
     assert_same_run(uninterrupted, workdir)
 
 
-def test_cli_sigterm_saves_at_the_next_step_and_rerun_resumes(
-    data_dir, uninterrupted, tmp_path, compilation_cache
-):
+@pytest.mark.slow
+def test_cli_sigterm_saves_at_the_next_step_and_rerun_resumes(data_dir, uninterrupted, tmp_path):
     """The smoke run of the CLI: `python -m train` stopped by SIGTERM, then rerun to the end."""
-    env = cached_env(compilation_cache)
+    env = dict(os.environ)
     cmd = smoke_command(tmp_path, data_dir)
     proc = start_training(cmd, tmp_path, env)
     proc.send_signal(signal.SIGTERM)

@@ -283,6 +283,7 @@ def test_device_batches_are_sharded_and_close_stops_the_threads():
     assert threading.active_count() <= threads, [t.name for t in threading.enumerate()]
 
 
+@pytest.mark.slow
 def test_image_folder_with_two_workers_gives_the_in_process_batches(tmp_path):
     _write_tree(tmp_path / "train", {"a": 12, "b": 10})
     _write_tree(tmp_path / "test", {"a": 3, "b": 2}, size=(30, 26))
@@ -321,6 +322,7 @@ def test_tfds_data_source_under_mock_data():
     assert mask.sum() == 40
 
 
+@pytest.mark.slow
 def test_interpreter_exit_with_open_workers_does_not_hang(tmp_path):
     _write_tree(tmp_path / "d", {"a": 4, "b": 4})
     code = f"""

@@ -14,8 +14,9 @@ from train.cache.streaming import StreamingFeaturePipeline
 from train.data import image_ops, streaming
 from train.data.image_folder import image_folder_sources
 
+pytestmark = pytest.mark.slow  # the full tier: python -m pytest -m "slow or not slow"
+
 SPEC = {"kind": "mean_std", "mean": [0.5, 0.45, 0.4], "std": [0.25, 0.25, 0.25]}
-pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 @pytest.fixture(scope="module")

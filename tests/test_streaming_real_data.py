@@ -29,6 +29,8 @@ from train.data import streaming
 from train.data.image_folder import image_folder_sources
 from train.metrics import read_metrics
 
+pytestmark = pytest.mark.slow  # the full tier: python -m pytest -m "slow or not slow"
+
 
 @pytest.fixture(scope="module")
 def cifar_folder(offline_cifar10) -> str:
@@ -80,7 +82,6 @@ def _streaming_accuracy(workdir: str, sources) -> float:
     return summary["accuracy"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("source", ["array_record", "folder"])
 def test_in_memory_checkpoint_scores_the_same_through_the_streaming_path(in_memory_run, request, source):
     workdir, result = in_memory_run
@@ -119,7 +120,6 @@ def one_epoch_command(root: str, workdir: str) -> list[str]:
     ]
 
 
-@pytest.mark.slow
 def test_one_epoch_through_the_folder_path_learns(cifar_folder, tmp_path):
     """The command of BENCHMARKS.md "One epoch through image folders" (51.0% in 5:22 on one CPU device):
     one epoch of ResNet-20 from the JPEG tree reaches more than 40% on all 10,000 test JPEGs (the copy is

@@ -21,8 +21,9 @@ from train import train
 from train.configuration import ConfigError, validate_config
 from train.data import streaming
 
+pytestmark = pytest.mark.slow  # the full tier: python -m pytest -m "slow or not slow"
+
 REPO = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 @pytest.fixture(scope="module")
@@ -142,7 +143,6 @@ def test_folder_errors_through_the_cli_are_one_line_and_write_nothing(
     assert not workdir.exists()
 
 
-@pytest.mark.slow  # 72 s here (2 CPU cores), mostly compiling a 1000-class ResNet-18
 def test_imagenet_resnet50_config_trains_on_mock_data(tmp_path):
     """configs/imagenet_resnet50.py (grain, tfds imagenet2012, its transforms, schedule and 1000
     classes) on tfds's mock data, with a small batch and image size, and ResNet-18 with the last-BN

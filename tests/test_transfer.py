@@ -22,6 +22,8 @@ from train.cache import memory as cache_memory
 from train.configuration import ConfigError, build_model, validate_config
 from train.data import memory, testing
 
+pytestmark = pytest.mark.slow  # the full tier: python -m pytest -m "slow or not slow"
+
 SPEC = {"kind": "mean_std", "mean": [0.5, 0.45, 0.4], "std": [0.25, 0.25, 0.25]}
 
 

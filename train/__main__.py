@@ -3,7 +3,8 @@
 Rerunning the same command on the same DIR resumes from its latest checkpoint. Exit statuses: 0 the run
 finished (or stopped at config.stop_after_steps); 1 bad input (one line says what and how to fix it;
 the workdir is unchanged); 2 bad command line; 3 training diverged (the good checkpoints are kept);
-128 + N stopped by signal N after saving (130 Ctrl-C, 143 SIGTERM): rerun to resume.
+128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM): after saving when it came during training, at
+once when it came before the first step or a second time: rerun to resume.
 """
 
 import os
@@ -71,12 +72,16 @@ def main(argv: list[str]) -> None:
             process_id=config.process_id,
         )
     from resnet_jax.checkpoint import CheckpointError
-    from train import health, train
+    from train import health, signals, train
     from train.configuration import ConfigError
     from train.data import tfds_data
 
     try:
-        result = train.train_and_evaluate(config, FLAGS.workdir)
+        with signals.quit_on_signal():
+            result = train.train_and_evaluate(config, FLAGS.workdir)
+    except signals.Interrupted as e:
+        print(f"stopped: {e}", file=sys.stderr, flush=True)
+        sys.exit(128 + e.signum)
     except (ConfigError, tfds_data.DatasetUnavailableError, CheckpointError) as e:
         sys.exit(f"error: {e}")
     except health.TrainingDiverged as e:

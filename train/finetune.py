@@ -67,6 +67,12 @@ def resolve_config(
         meta = read_meta(step_dir)
     except (FileNotFoundError, CheckpointError, ValueError) as e:
         raise ConfigError(f"init_checkpoint: {e}") from e
+    if config.model and config.model != meta["model"]:
+        raise ConfigError(
+            f"model={config.model!r} but init_checkpoint {config.init_checkpoint} holds a {meta['model']}: "
+            f"fine-tuning keeps the checkpoint's architecture, so pass --config.model={meta['model']} or "
+            "--config.model='' (the fine-tune configs leave it empty)"
+        )
     mean, std, reverse_channels = as_mean_std(meta["preprocess"])
     if mean.ndim != 1:
         raise ConfigError(

@@ -1,4 +1,9 @@
-"""Stop requests: SIGTERM (preemption) and Ctrl-C become a flag the loop checks at each step boundary."""
+"""Stop requests: SIGTERM (preemption) and Ctrl-C become a flag the loop checks at each step boundary.
+
+Outside the step loop (while the run prepares: reading data, compiling, extracting features) there is
+nothing new to save, so `quit_on_signal` ends the run at once with `Interrupted`; inside it, `StopRequest`
+lets the loop stop at a step boundary and save, and a second signal ends it at once the same way.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +14,48 @@ import sys
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
+class Interrupted(Exception):
+    """The run ended at once on a signal, without saving; checkpoints already written are intact.
+
+    Attributes:
+      signum: the signal.
+    """
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def quit_on_signal():
+    """SIGTERM and SIGINT raise Interrupted while the run prepares (StopRequest takes over in the loop)."""
+
+    def handle(signum: int, frame: object) -> None:
+        raise Interrupted(
+            signum,
+            f"{signal.Signals(signum).name} received before training started: nothing new to save. Rerun "
+            "the same command to start again (it resumes from the last checkpoint, if any)",
+        )
+
+    previous = {}
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(ValueError):  # outside the main thread signals cannot be caught
+            previous[sig] = signal.signal(sig, handle)
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 class StopRequest:
     """A context that turns the first SIGTERM/SIGINT into `self.signum`; a second one quits at once.
 
     The first signal is acknowledged immediately on stderr, naming the step the loop will stop after, so
     a user does not press Ctrl-C again; the loop then stops there, saves, and exits with 128 + the signal
     number.
-    A second signal raises KeyboardInterrupt (checkpoints already written stay intact: orbax writes
-    each one to a temporary directory and renames it when complete).
+    A second signal raises Interrupted: the run ends at once without saving (checkpoints already written
+    stay intact: orbax writes each one to a temporary directory and renames it when complete).
 
     Attributes:
       signum: the first signal received, or None.
@@ -67,7 +106,11 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.signum is not None:
-            raise KeyboardInterrupt(f"second {signal.Signals(signum).name}: quitting without saving")
+            raise Interrupted(
+                signum,
+                f"second {signal.Signals(signum).name}: quit at once without saving; the checkpoints "
+                "written before are intact. Rerun the same command to resume from the last one",
+            )
         self.signum = signum
         if self.enabled:
             stop_at = self.dispatched + int(self.checked)
