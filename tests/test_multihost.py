@@ -30,13 +30,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _command(workdir, data_dir, *extra):
+def _command(workdir, data_dir, *extra, config="smoke.py"):
     return [
         sys.executable,
         "-m",
         "train",
         "--config",
-        str(REPO / "configs" / "smoke.py"),
+        str(REPO / "configs" / config),
         "--workdir",
         str(workdir),
         "--config.dataset=fake_cifar",
@@ -57,10 +57,10 @@ def _env(devices: int) -> dict[str, str]:
     return env
 
 
-def _run_single(workdir, data_dir, *extra):
+def _run_single(workdir, data_dir, *extra, devices=8, config="smoke.py"):
     out = subprocess.run(
-        _command(workdir, data_dir, *extra),
-        env=_env(8),
+        _command(workdir, data_dir, *extra, config=config),
+        env=_env(devices),
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -70,7 +70,7 @@ def _run_single(workdir, data_dir, *extra):
     return out
 
 
-def _start_two_processes(workdir, data_dir, *extra):
+def _start_two_processes(workdir, data_dir, *extra, config="smoke.py"):
     """Two processes of 4 devices each, one coordinator, started (not waited for)."""
     port = _free_port()
     return [
@@ -83,6 +83,7 @@ def _start_two_processes(workdir, data_dir, *extra):
                 "--config.num_processes=2",
                 f"--config.process_id={i}",
                 *extra,
+                config=config,
             ),
             env=_env(4),
             cwd=REPO,
@@ -94,8 +95,8 @@ def _start_two_processes(workdir, data_dir, *extra):
     ]
 
 
-def _run_two_processes(workdir, data_dir, *extra):
-    procs = _start_two_processes(workdir, data_dir, *extra)
+def _run_two_processes(workdir, data_dir, *extra, config="smoke.py"):
+    procs = _start_two_processes(workdir, data_dir, *extra, config=config)
     outputs = []
     try:
         for p in procs:
@@ -214,3 +215,36 @@ def test_streaming_folder_two_processes_train_like_one_process(tmp_path, data_di
     assert tuple(meta.class_names) == ("cat", "dog", "frog", "ship")
     got_test = [r for r in _metrics(two) if r["split"] == "test"]
     assert [r["examples"] for r in got_test] == [20, 20]  # every test example counted once
+
+
+@pytest.mark.parametrize("pipeline", ["memory", "folder"])
+def test_cached_features_on_several_devices_and_processes_train_the_head_of_one_device(
+    tmp_path, data_dir, image_folder, pipeline
+):
+    """A frozen fine-tune with cached features (configs/finetune_cifar10.py, pad 0) builds its feature
+    table with collectives on 8 devices and on 2 processes x 4 devices (unbounded dispatch used to time
+    out there), and trains the same head as 1 process with 1 device."""
+    from tests.helpers import backbone_checkpoint
+
+    backbone, _ = backbone_checkpoint(
+        tmp_path / "backbone", {"kind": "mean_std", "mean": [0.5] * 3, "std": [0.25] * 3}
+    )
+    extra = [f"--config.init_checkpoint={backbone}", "--config.pad=0", "--config.num_epochs=-1",
+             "--config.batch_size=16", "--config.eval_batch_size=16", "--config.num_classes=0"]  # fmt: skip
+    if pipeline == "folder":
+        extra += [
+            *_folder_args(image_folder)[:-3],
+            "--config.train_transform=none",
+            "--config.eval_transform=none",
+        ]
+    ft = "finetune_cifar10.py"
+    one, eight, two = tmp_path / "one", tmp_path / "eight", tmp_path / "two"
+    out = _run_single(one, data_dir, *extra, devices=1, config=ft)
+    assert "features not cached" not in out.stdout + out.stderr
+    _run_single(eight, data_dir, *extra, config=ft)
+    _run_two_processes(two, data_dir, *extra, config=ft)
+    _, ref = load_checkpoint(str(one))
+    for workdir in (eight, two):
+        _, got = load_checkpoint(str(workdir))
+        _assert_close(ref, got)
+        assert "head_img_per_sec" in (workdir / "metrics.jsonl").read_text()  # the head steps ran

@@ -168,7 +168,7 @@ def test_cached_run_resumes_and_saves_the_whole_model(tmp_path):
     chex.assert_trees_all_equal(_without(source["params"], heads), _without(b["params"], heads))
     assert not np.array_equal(source["params"]["head_hidden"]["kernel"], b["params"]["head_hidden"]["kernel"])
     with open(tmp_path / "resumed" / "metrics.jsonl") as f:
-        assert [json.loads(line)["step"] for line in f if '"train"' in line] == [2, 4]
+        assert [json.loads(line)["step"] for line in f if '"train"' in line] == [1, 2, 4]
     assert os.listdir(tmp_path / "resumed" / "tensorboard")
 
 
@@ -268,6 +268,9 @@ def test_bad_fine_tuning_input_is_a_clear_error_before_anything_is_written(tmp_p
         _config(path, freeze_backbone=False, backbone_lr_multiplier=0.0),
         "backbone_lr_multiplier=0.0 must be > 0",
     )
+    _rejects(tmp_path, _config(path, head_hidden=-5), "head_hidden=-5 must be >= 0")
+    # The architecture is the checkpoint's: another model name is a mistake, said at once.
+    _rejects(tmp_path, _config(path, model="resnet56"), "model='resnet56' but init_checkpoint .* holds a resnet20")
     imagenet_stem, _ = _backbone(tmp_path / "imagenet_stem", cifar_stem=False)
     _rejects(
         tmp_path,

@@ -61,6 +61,8 @@ def resolve_config(
       ConfigError: for a missing or unusable checkpoint, or one trained with a per-pixel mean (its
         mean image fits only its own dataset).
     """
+    if config.head_hidden < 0:  # checked here too: it sizes the model built below, before validate_config
+        raise ConfigError(f"head_hidden={config.head_hidden} must be >= 0 (0: no hidden layer)")
     step = config.init_step if config.init_step >= 0 else None
     try:
         step_dir = find_checkpoint(config.init_checkpoint, step=step)
