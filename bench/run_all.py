@@ -26,8 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common
 
 BENCH = Path(__file__).resolve().parent
+# Today's goals (docs/benchmarks.md): the whole training program keeps 95% of its bare jitted step, and
+# ResNet-20 training out of the box reaches 0.6x PyTorch eager float32 on a CPU.
 GOAL_PROGRAM_VS_STEP = 0.95
-GOAL_RESNET20_VS_TORCH = 3.5
+GOAL_RESNET20_VS_TORCH = 0.6
 
 
 def run(script: str, args: list[str]) -> list[dict]:
@@ -127,7 +129,9 @@ def tables(peaks: list[dict], records: list[dict]) -> str:
             ]
         )
         ok = "met" if prog / step >= GOAL_PROGRAM_VS_STEP else "NOT met"
-        goals.append(f"- {model} {dtype}: program / bare step = {prog / step:.2f} (goal >= 0.95: {ok})")
+        goals.append(
+            f"- {model} {dtype}: program / bare step = {prog / step:.2f} (goal >= {GOAL_PROGRAM_VS_STEP}: {ok})"
+        )
         if model == "resnet20" and dtype == "float32" and theirs:
             ok = "met" if prog / theirs >= GOAL_RESNET20_VS_TORCH else "NOT met"
             goals.append(

@@ -72,6 +72,7 @@ def main(argv: list[str]) -> None:
             process_id=config.process_id,
         )
     from resnet_jax.checkpoint import CheckpointError
+    from resnet_jax.checkpoint.run import is_no_space, no_space
     from train import health, signals, train
     from train.configuration import ConfigError
     from train.data import tfds_data
@@ -87,6 +88,10 @@ def main(argv: list[str]) -> None:
     except health.TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_DIVERGED)
+    except OSError as e:  # metrics, TensorBoard files or plots on a full disk
+        if not is_no_space(e):
+            raise
+        sys.exit(f"error: {no_space(FLAGS.workdir)}")
     if result["stopped_by"] in ("SIGTERM", "SIGINT"):
         command = shlex.join([sys.executable, "-m", "train", *sys.argv[1:]])
         print(f"resume with: {command}", flush=True)
