@@ -165,7 +165,9 @@ def initialize(policy: FineTune, state: Any, init: InitCheckpoint) -> Any:
     Raises:
       ValueError: listing every mismatched, missing and unexpected key (nothing is loaded then).
     """
-    source = load_variables(init.step_dir, init.meta)
+    # Onto the state's own (replicated) sharding: with several processes, a restore without one gives
+    # each process arrays it cannot address.
+    source = load_variables(init.step_dir, init.meta, sharding=jax.tree.leaves(state.params)[0].sharding)
     if init.meta["preprocess"]["kind"] == "caffe":
         # The pipeline feeds RGB; the Keras stem expects BGR: reverse its kernel's input channels.
         kernel = source["params"]["stem_conv"]["kernel"]
