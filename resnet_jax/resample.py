@@ -7,10 +7,12 @@ two passes, so the two differ by one level on many pixels. This module does Pill
 exactly (Pillow's src/libImaging/Resample.c, `ImagingResample` for 8-bit images): the same filter
 weights in float64 on the host, converted to 22-bit fixed point, applied with int32 sums on device
 (exact on every backend) and shifted and clipped as Pillow does. `resize_like_pil` equals
-`np.asarray(Image.fromarray(img).resize((w, h), filter))` for Pillow >= 13 (tests/test_resample.py);
-older Pillow always resizes the width first, which differs only where Pillow 13 goes height first
-(heights reduced by more than twice the width's reduction: never for the aspect-preserving resize of
-`center_crop_resize` unless the image is taller than 2:1).
+`np.asarray(Image.fromarray(img).resize((w, h), filter))` for Pillow 13 (tests/test_resample.py; the
+order of the two passes is Pillow 13's, established by those tests). Pillow 12 and older resize the
+width first (from 12.2 but for images over 100 times taller than wide), which differs by one level on
+some pixels only where Pillow 13 goes height first: heights reduced by more than twice the width's
+reduction, never in the aspect-preserving resize of `center_crop_resize` unless the image is taller
+than 2:1.
 """
 
 from __future__ import annotations
