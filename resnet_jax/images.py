@@ -1,9 +1,10 @@
 """Image files to uint8 RGB arrays: the one decoder of resnet-jax (prediction, and training's input pipeline).
 
     array = decode("cat.jpg")                 # uint8 [H, W, 3] RGB, as a photo viewer shows it
-    img = open_image(data, name)              # header only: size known, pixels not decoded yet
+    img = open_image(data, name)              # header only: stored size known, pixels not decoded yet
     img.draft("RGB", (w, h))                  # (JPEG) decode at a reduced DCT scale, if wanted
-    array = to_rgb_array(img, name)
+    array = to_rgb_array(img, name)           # RGB, as stored
+    array = apply_orientation(array, exif_orientation(img))   # as shown (what decode does)
 
 The rules, for every format Pillow reads:
   - 8-bit grayscale, RGB, YCbCr, 1-bit: Pillow's RGB conversion.
@@ -14,11 +15,11 @@ The rules, for every format Pillow reads:
   - Alpha (RGBA, LA, palette with transparency): dropped, keeping the colour under it, as Pillow's
     convert('RGB') and so timm's and torchvision's loaders do.
   - CMYK: Pillow's conversion (no ICC colour management, like timm's and torchvision's loaders).
-  - EXIF orientation: applied, so a phone photo taken sideways is seen upright, as every viewer shows
-    it. timm's and torchvision's PIL loaders ignore it; results differ from theirs only for files whose
-    Orientation tag is not 1. `open_image` leaves it to `to_rgb_array`, so `img.size` is the stored
-    (unrotated) size; code that crops a header-only image applies `exif_orientation(img)` to its
-    result with `apply_orientation`.
+  - EXIF orientation: `decode` applies it, so a phone photo taken sideways is seen upright, as every
+    viewer shows it. timm's and torchvision's PIL loaders ignore it; results differ from theirs only
+    for files whose Orientation tag is not 1. `open_image` and `to_rgb_array` work in the stored
+    orientation (`img.size` is the stored size), so code that crops a header-only image computes its
+    window in stored pixels and turns the result last: `apply_orientation(crop, exif_orientation(img))`.
 
 Pillow is optional (the `predict` extra): imported when an image is read.
 """
@@ -108,14 +109,13 @@ def apply_orientation(array: np.ndarray, orientation: int) -> np.ndarray:
 
 
 def to_rgb_array(img: Image.Image, name: str = "<image>") -> np.ndarray:
-    """Decodes `img` to uint8 [H, W, 3] RGB by the rules of the module docstring.
+    """Decodes `img` to uint8 [H, W, 3] RGB by the rules of the module docstring, in stored orientation.
 
     Raises:
       DataError: the pixel data is truncated or corrupt, or its mode has no RGB meaning, naming `name`.
     """
     try:
         img.load()
-        orientation = exif_orientation(img)
         if img.mode in _SIXTEEN_BIT:
             levels = np.clip(np.asarray(img).astype(np.int64), 0, 65535)
             gray = ((levels + 128) // 257).astype(np.uint8)  # round(v / 257), halves up
@@ -133,12 +133,17 @@ def to_rgb_array(img: Image.Image, name: str = "<image>") -> np.ndarray:
         if isinstance(e, DataError):
             raise
         raise DataError(f"cannot decode image {name}: {e}; remove or replace the file") from None
-    return apply_orientation(array, orientation)
+    return array
 
 
 def decode(data: ImageData, name: str | None = None) -> np.ndarray:
-    """Decodes an image fully to uint8 [H, W, 3] RGB (see `open_image` for `data` and `name`)."""
+    """Decodes an image fully to uint8 [H, W, 3] RGB, turned upright by its EXIF orientation.
+
+    See `open_image` for `data` and `name`.
+    """
     if name is None:
         name = "<bytes>" if isinstance(data, bytes) else "<array>" if isinstance(data, np.ndarray) else None
         name = name or os.fspath(data)
-    return to_rgb_array(open_image(data, name), name)
+    img = open_image(data, name)
+    array = to_rgb_array(img, name)  # loads the pixels, and with them a PNG's EXIF (stored after them)
+    return apply_orientation(array, exif_orientation(img))

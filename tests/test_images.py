@@ -77,6 +77,7 @@ def test_exif_rotated_jpeg_is_seen_upright(orientation):
     data = encoded(Image.fromarray(np.ascontiguousarray(stored)), "JPEG", quality=95, exif=exif.tobytes())
     img = open_image(data, "phone.jpg")
     assert exif_orientation(img) == orientation and img.size == stored.shape[1::-1]  # header: stored size
+    assert to_rgb_array(img).shape == stored.shape  # decoded as stored; decode turns it
     out = decode(data)
     assert out.shape == upright.shape
     assert out[:10, :20].min() > 200 and out[15:, 25:].max() < 50
