@@ -1,6 +1,6 @@
 """resnet-jax: ResNet v1 and v2, ResNeXt and Wide ResNet in JAX and Flax linen."""
 
-from resnet_jax import convert, layers
+from resnet_jax import convert, hub, images, layers
 from resnet_jax.blocks import (
     BasicBlock,
     BottleneckBlock,
@@ -10,6 +10,7 @@ from resnet_jax.blocks import (
 )
 from resnet_jax.checkpoint import CheckpointError, load_checkpoint, load_meta, save_checkpoint
 from resnet_jax.compilation_cache import enable_compilation_cache
+from resnet_jax.hub import available_pretrained, pretrained
 from resnet_jax.models import ResNet
 from resnet_jax.predict import make_predict_fn
 from resnet_jax.registry import available_models, create_model
@@ -23,12 +24,16 @@ __all__ = [
     "ResNet",
     "ResidualBlock",
     "available_models",
+    "available_pretrained",
     "convert",
     "create_model",
     "enable_compilation_cache",
+    "hub",
+    "images",
     "layers",
     "load_checkpoint",
     "load_meta",
     "make_predict_fn",
+    "pretrained",
     "save_checkpoint",
 ]

@@ -94,7 +94,7 @@ def _expected_shapes(arch: str, num_classes: int) -> dict[str, tuple[int, ...]]:
     return expected
 
 
-def _guess_arch(source: Mapping[str, Any]) -> str | None:
+def guess_arch(source: Mapping[str, Any]) -> str | None:
     """The torchvision architecture whose every key and shape the state dict has, if any."""
     keys = [k for k in source if not k.endswith("num_batches_tracked")]
     blocks = [re.match(r"layer(\d)\.(\d+)\.", k) for k in keys]
@@ -116,7 +116,7 @@ def _guess_arch(source: Mapping[str, Any]) -> str | None:
 
 
 def _hint(source: Mapping[str, Any], arch: str) -> str:
-    guess = _guess_arch(source)
+    guess = guess_arch(source)
     if guess and guess != arch:
         return (
             f"hint: the state dict's keys and shapes fit torchvision's {guess}: pass arch={guess!r} "
