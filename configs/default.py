@@ -53,6 +53,11 @@ def get_config() -> ml_collections.ConfigDict:
     # size) | none (decode only).
     c.train_transform = "pad_crop_flip"
     c.eval_transform = "none"
+    # resize_shorter_center_crop's view, timm's: the shorter side resized to floor(image_size / crop_pct),
+    # then the centre crop. 0: the init checkpoint's (pretrained weights record theirs), else 0.875.
+    c.crop_pct = 0.0
+    # The grain transforms' resize filter: bilinear | bicubic. '': the init checkpoint's, else bilinear.
+    c.interpolation = ""
     c.num_workers = 0  # grain worker processes per host decoding images; 0: in the training process
     c.prefetch = 2  # grain: global batches put on the devices ahead of the step
 

@@ -1,8 +1,15 @@
 """The seed article's transfer recipe as written: an ImageNet ResNet-50 on CIFAR-10 at 224x224, frozen.
 
-    python -m resnet_jax.convert --from keras --arch resnet50 --weights W.h5 --out /ckpts/resnet50_keras
-    python -m train --config configs/finetune_cifar10_seed.py --workdir DIR \\
-        --config.init_checkpoint=/ckpts/resnet50_keras
+    python -m train --config configs/finetune_cifar10_seed.py --workdir DIR
+
+The weights are the ones the article's PyTorch code loads, `torchvision.models.resnet50(pretrained=True)`:
+torchvision's IMAGENET1K_V1 (76.13% top-1), which timm publishes on the Hugging Face Hub as
+`timm/resnet50.tv_in1k`. They are downloaded once into the Hugging Face cache (no PyTorch needed):
+init_checkpoint=hub:resnet50.tv_in1k. Offline, fetch them elsewhere with
+`hf download timm/resnet50.tv_in1k model.safetensors` and copy the cache, or point init_checkpoint at any
+checkpoint. The article's Keras version loads Keras' own ResNet50 weights (converted from Caffe, another
+training run): convert those with `python -m resnet_jax.convert --from keras --arch resnet50 --weights
+W.h5 --out CKPT` and pass --config.init_checkpoint=CKPT.
 
 The article's Keras version: ResNet50(weights='imagenet', include_top=False) fed 224x224 inputs, every
 layer frozen, then GlobalAveragePooling -> Dense(1024, relu) -> Dense(10, softmax). Here: CIFAR-10's
@@ -31,6 +38,7 @@ from configs import finetune_cifar10
 
 def get_config() -> ml_collections.ConfigDict:
     c = finetune_cifar10.get_config()
+    c.init_checkpoint = "hub:resnet50.tv_in1k"  # torchvision's IMAGENET1K_V1: the article's weights
     c.image_size = 224
     c.freeze_backbone = True
     c.head_hidden = 1024  # 0: the article's PyTorch variant (a new Linear(2048, 10) only)

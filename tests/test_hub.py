@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from hub_cache import publish, timm_model
-from huggingface_hub import constants
 
 import resnet_jax
 from resnet_jax.checkpoint import model_from_meta
@@ -17,16 +16,6 @@ from resnet_jax.hub import PretrainedError, _tag_meta, imagenet_class_names
 
 # The biggest four take 15-30 s each on two CPU cores (timm model, a 0.2-0.5 GB file, conversion, compile).
 SLOW = {"resnet152", "resnext101_32x8d", "resnext101_64x4d", "wide_resnet101_2"}
-
-
-@pytest.fixture
-def offline_hub(tmp_path, monkeypatch):
-    """An empty HF cache directory, read offline (huggingface_hub reads both settings at call time)."""
-    cache = tmp_path / "hf"
-    cache.mkdir()
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
-    return cache
 
 
 def logits_of(reference, model, variables, shape):

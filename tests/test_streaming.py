@@ -75,15 +75,38 @@ def test_draft_mode_crop_matches_a_full_decode():
     np.testing.assert_array_equal(again, first)
 
 
-def test_resize_shorter_center_crop_matches_resize_then_crop():
+@pytest.mark.parametrize(("interpolation", "crop_pct"), [("bilinear", 0.875), ("bicubic", 0.95)])
+def test_eval_view_is_timms_eval_transform_pixel_for_pixel(interpolation, crop_pct):
+    """resize_shorter_center_crop gives the pixels of timm's own eval transform (before ToTensor)."""
+    timm_data = pytest.importorskip("timm.data")
     arr = _smooth_image(300, 400, seed=2)
-    out = image_ops.resize_shorter_center_crop(Image.fromarray(arr), 256, 224)
-    assert out.shape == (224, 224, 3)
-    resized = np.asarray(Image.fromarray(arr).resize((341, 256), Image.Resampling.BILINEAR))
-    top, left = (256 - 224) // 2, (341 - 224) // 2
-    ref = resized[top : top + 224, left : left + 224]
-    assert np.abs(out.astype(int) - ref.astype(int)).mean() < 2
+    out = image_ops.Transform("resize_shorter_center_crop", 224, crop_pct, interpolation)(arr, None, "x")
+    pipeline = timm_data.create_transform(
+        input_size=(3, 224, 224), interpolation=interpolation, crop_pct=crop_pct
+    )
+    reference = pipeline.transforms[0](Image.fromarray(arr))  # Resize(floor(224 / crop_pct))
+    reference = np.asarray(pipeline.transforms[1](reference))  # CenterCrop(224)
+    np.testing.assert_array_equal(out, reference)
     assert image_ops.resize(Image.fromarray(arr), (30, 50)).shape == (30, 50, 3)
+
+
+def test_exif_rotated_files_are_cropped_upright():
+    """A photo stored sideways with EXIF orientation 6 gives the pixels of the same photo stored upright."""
+    upright = _smooth_image(40, 60, seed=3)  # shown 40 high, 60 wide
+    stored = np.ascontiguousarray(np.rot90(upright, 1))  # what a camera held sideways writes
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, format="PNG", exif=exif)
+    for name, size in (("none", 0), ("resize_shorter_center_crop", 24)):
+        transform = image_ops.Transform(name, size)
+        np.testing.assert_array_equal(transform(buf.getvalue(), None, "r"), transform(upright, None, "u"))
+    # Training's resize works on the stored (draft-decoded) window and turns last: Pillow then resizes the
+    # axes in the other order, which moves some pixels by one level.
+    transform = image_ops.Transform("resize", 16)
+    turned, direct = transform(buf.getvalue(), None, "r"), transform(upright, None, "u")
+    assert turned.shape == direct.shape == (16, 16, 3)
+    assert np.abs(turned.astype(int) - direct.astype(int)).max() <= 1
 
 
 def test_pad_crop_flip_is_a_window_of_the_padded_image():

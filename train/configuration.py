@@ -12,6 +12,7 @@ import flax.linen as nn
 
 import resnet_jax
 from resnet_jax.models import min_image_size
+from resnet_jax.resample import INTERPOLATIONS
 from train import optim
 from train.data.image_ops import SIZED_TRANSFORMS, TRANSFORMS
 
@@ -178,6 +179,11 @@ def _check_pipeline(config: ml_collections.ConfigDict, check, one_of) -> None:
     one_of("eval_transform", TRANSFORMS)
     check(config.image_size >= 0, f"image_size={config.image_size} must be >= 0 (0: the dataset's own)")
     check(config.num_workers >= 0, f"num_workers={config.num_workers} must be >= 0")
+    check(0 <= config.crop_pct <= 1, f"crop_pct={config.crop_pct} must be in (0, 1], or 0 for the default")
+    check(
+        config.interpolation in ("", *INTERPOLATIONS),
+        f"interpolation={config.interpolation!r} must be {' or '.join(INTERPOLATIONS)}, or '' (the default)",
+    )
     check(config.prefetch >= 1, f"prefetch={config.prefetch} must be >= 1")
     if config.pipeline == "memory":
         check(

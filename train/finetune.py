@@ -11,7 +11,8 @@ With `config.init_checkpoint` set, `train_and_evaluate` makes two explicit calls
 
 `wrap_optimizer` wraps the optimiser so that frozen parameters get zero updates and the rest of the
 backbone trains at `backbone_lr_multiplier` times the head's rate. The checkpoint may
-be this project's, or one converted from torchvision or Keras weights by `python -m resnet_jax.convert`.
+be this project's, one converted from torchvision or Keras weights by `python -m resnet_jax.convert`, or
+pretrained weights from the Hugging Face Hub: `init_checkpoint=hub:resnet50.tv_in1k` (resnet_jax.hub).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import ml_collections
 import optax
 
 import resnet_jax
+from resnet_jax import hub
 from resnet_jax.checkpoint import (
     CheckpointError,
     find_checkpoint,
@@ -37,13 +39,47 @@ from resnet_jax.preprocess import as_mean_std
 from train.configuration import ConfigError
 from train.policy import HIDDEN_HEAD, FineTune
 
+# init_checkpoint=hub:NAME starts from pretrained weights of resnet_jax.hub (e.g. hub:resnet50.tv_in1k).
+HUB_PREFIX = "hub:"
+
 
 @dataclasses.dataclass(frozen=True)
 class InitCheckpoint:
-    """The checkpoint a run starts from: its step directory and its meta (read once)."""
+    """The weights a run starts from, and their meta (read once).
 
-    step_dir: Any
+    Attributes:
+      source: config.init_checkpoint as given (a path, or hub:NAME).
+      meta: the checkpoint meta (resnet_jax.checkpoint.make_meta's schema).
+      step_dir: the checkpoint's step directory; None for pretrained weights.
+      pretrained: hub:NAME's variables, on the host; None for a checkpoint directory.
+    """
+
+    source: str
     meta: dict[str, Any]
+    step_dir: Any = None
+    pretrained: dict[str, Any] | None = None
+
+    @classmethod
+    def open(cls, source: str, step: int | None = None) -> InitCheckpoint:
+        """Reads the meta of a checkpoint directory (its `step`, default the latest), or downloads (once,
+        into the Hugging Face cache) and reads pretrained weights `hub:NAME`.
+
+        Raises:
+          CheckpointError: a missing or unusable checkpoint; an unknown name, or one that is neither
+            cached nor downloadable (resnet_jax.hub.PretrainedError, a CheckpointError).
+          FileNotFoundError, ValueError: a path that holds no checkpoint.
+        """
+        if source.startswith(HUB_PREFIX):
+            _, variables, meta = hub.load(source.removeprefix(HUB_PREFIX))
+            return cls(source, meta, pretrained=variables)
+        step_dir = find_checkpoint(source, step=step)
+        return cls(source, read_meta(step_dir), step_dir=step_dir)
+
+    def variables(self, sharding: jax.sharding.Sharding) -> dict[str, Any]:
+        """{'params', 'batch_stats'} on `sharding` (replicated over the mesh), checksums verified."""
+        if self.step_dir is not None:
+            return load_variables(self.step_dir, self.meta, sharding=sharding)
+        return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), self.pretrained)
 
 
 def resolve_config(
@@ -65,10 +101,10 @@ def resolve_config(
         raise ConfigError(f"head_hidden={config.head_hidden} must be >= 0 (0: no hidden layer)")
     step = config.init_step if config.init_step >= 0 else None
     try:
-        step_dir = find_checkpoint(config.init_checkpoint, step=step)
-        meta = read_meta(step_dir)
+        init = InitCheckpoint.open(config.init_checkpoint, step)
     except (FileNotFoundError, CheckpointError, ValueError) as e:
         raise ConfigError(f"init_checkpoint: {e}") from e
+    meta = init.meta
     if config.model and config.model != meta["model"]:
         raise ConfigError(
             f"model={config.model!r} but init_checkpoint {config.init_checkpoint} holds a {meta['model']}: "
@@ -107,7 +143,10 @@ def resolve_config(
     config.normalization = "mean_std"
     config.mean = tuple(float(m) for m in (mean[::-1] if reverse_channels else mean))
     config.std = tuple(float(s) for s in std)
-    return config, InitCheckpoint(step_dir, meta), policy
+    # Pretrained weights record the view they were evaluated with (timm's crop_pct and filter).
+    config.crop_pct = config.crop_pct or meta.get("crop_pct", 0.0)
+    config.interpolation = config.interpolation or meta.get("interpolation", "")
+    return config, init, policy
 
 
 def wrap_optimizer(
@@ -167,7 +206,7 @@ def initialize(policy: FineTune, state: Any, init: InitCheckpoint) -> Any:
     """
     # Onto the state's own (replicated) sharding: with several processes, a restore without one gives
     # each process arrays it cannot address.
-    source = load_variables(init.step_dir, init.meta, sharding=jax.tree.leaves(state.params)[0].sharding)
+    source = init.variables(jax.tree.leaves(state.params)[0].sharding)
     if init.meta["preprocess"]["kind"] == "caffe":
         # The pipeline feeds RGB; the Keras stem expects BGR: reverse its kernel's input channels.
         kernel = source["params"]["stem_conv"]["kernel"]

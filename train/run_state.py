@@ -84,6 +84,7 @@ class RunState:
             step=0,
             dataset=data_name(config),
             image_size=list(pipeline.image_shape[:2]),
+            **pipeline.eval_view,
             **({"class_names": list(pipeline.class_names)} if pipeline.class_names else {}),
         )
         run = cls(config, workdir, pipeline, state, num_steps, None, meta)

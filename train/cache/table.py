@@ -50,6 +50,7 @@ class FeatureTable:
     num_classes = property(lambda self: self.base.num_classes)
     class_names = property(lambda self: self.base.class_names)
     preprocess = property(lambda self: self.base.preprocess)
+    eval_view = property(lambda self: self.base.eval_view)
 
     def eval_inputs(self) -> Iterator[dict[str, jax.Array]]:
         yield self.eval

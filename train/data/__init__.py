@@ -27,6 +27,8 @@ class Pipeline(Protocol):
       device_augment: the train step crops and flips each batch (config.pad, config.flip); False when
         batches arrive augmented from the host.
       resize_to: >0: the train and eval steps resize each batch to this side; 0: they arrive sized.
+      eval_view: how eval images of another size were brought to image_shape, for the checkpoint meta
+        ({'crop_pct', 'interpolation'}: timm's centre-crop view; {}: whole images, or none resized).
     """
 
     batch_size: int
@@ -38,6 +40,7 @@ class Pipeline(Protocol):
     preprocess: dict[str, Any] | None
     device_augment: bool
     resize_to: int
+    eval_view: dict[str, Any]
 
     def train_inputs(self, start_step: int) -> Iterator[Any]:
         """What the jitted step takes as its inputs for steps start_step, start_step + 1, ... (endless)."""

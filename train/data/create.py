@@ -14,6 +14,9 @@ from train.data.memory import InMemoryPipeline, preprocess_spec, put_eval, put_t
 from train.data.sources import RandomAccessSource, tfds_sources
 from train.data.streaming import StreamingPipeline
 
+# ImageNet's usual evaluation view: the shorter side resized to 256 for a 224 crop.
+DEFAULT_CROP_PCT = 0.875
+
 
 def create(config: Any, mesh: Mesh, data_key: jax.Array, *, eval_only: bool = False) -> Pipeline:
     """The pipeline `config.pipeline` names; nothing is written.
@@ -60,6 +63,8 @@ def create_streaming(config: Any, mesh: Mesh) -> StreamingPipeline:
             mean=tuple(config.mean),
             std=tuple(config.std),
             pad=config.pad,
+            crop_pct=config.crop_pct or DEFAULT_CROP_PCT,
+            interpolation=config.interpolation or "bilinear",
         )
     except ValueError as e:  # DataError included: one line naming the path and the fix
         raise tfds_data.DatasetUnavailableError(str(e)) from None

@@ -1,37 +1,43 @@
-"""Host-side image ops for the streaming input pipeline: decode to uint8 RGB, crop, resize, flip.
+"""Host-side image ops for the streaming input pipeline: crop, resize, flip, on the library's decoder.
 
-Numpy and PIL only (no jax), so they run in grain's worker processes. Every op takes a PIL image that
-may still be undecoded (`open_image` reads only the header) and returns a uint8 [H, W, 3] array. The
-crop window is chosen from the header's size first; then a JPEG is decoded with `Image.draft` at the
-smallest DCT scale (1/2, 1/4, 1/8) that still leaves the window at least as large as the output, and
-only the window is resized (`Image.resize(box=...)`): decoding fewer pixels is the main speed lever.
-Resizing is PIL's bilinear filter, antialiased (its support widens with the downscale factor), as
-torchvision's `antialias=True` on PIL images.
+Numpy and PIL only (no jax), so they run in grain's worker processes. Decoding is resnet_jax.images's (one
+decoder for training, evaluation and prediction): every op takes a PIL image whose header only has been
+read (`open_image`), works in its stored orientation and turns the result upright by its EXIF
+orientation last, and returns a uint8 [H, W, 3] array.
 
-Randomness comes from `example_rng(seed, position)`: one generator per example of the global stream,
-so augmentations do not depend on worker or process counts.
+- Training crops (`random_resized_crop`, `resize`): the window is chosen from the header's size first;
+  then a JPEG is decoded with `Image.draft` at the smallest DCT scale (1/2, 1/4, 1/8) that still leaves the
+  window at least as large as the output, and only the window is resized (`Image.resize(box=...)`):
+  decoding fewer pixels is the main speed lever.
+- The evaluation view (`resize_shorter_center_crop`) is timm's exactly: the whole image decoded, the
+  shorter side resized to floor(size / crop_pct), the centre crop (resnet_jax.resample.center_crop_box), so
+  it gives the pixels `make_predict_fn` gives for a checkpoint that records the same crop_pct.
+
+Resizing is PIL's `interpolation` filter ('bilinear' or 'bicubic'), antialiased (its support widens with
+the downscale factor), as torchvision's and timm's PIL transforms. Randomness comes from
+`example_rng(seed, position)`: one generator per example of the global stream, so augmentations do not
+depend on worker or process counts.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
-import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-ImageData = bytes | str | os.PathLike | np.ndarray
+from resnet_jax.images import DataError, apply_orientation, decode, exif_orientation, open_image, to_rgb_array
+from resnet_jax.resample import INTERPOLATIONS, center_crop_box
+
+__all__ = ["SIZED_TRANSFORMS", "TRANSFORMS", "DataError", "Transform", "decode", "example_rng", "open_image"]
+
 TRANSFORMS = ("random_resized_crop", "resize_shorter_center_crop", "resize", "pad_crop_flip", "none")
 # The transforms that output config.image_size (the others keep the stored size).
 SIZED_TRANSFORMS = ("random_resized_crop", "resize_shorter_center_crop", "resize")
-
-
-class DataError(ValueError):
-    """Bad input data (missing, empty or undecodable); the message names the path and the fix."""
+_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
 def example_rng(seed: int, position: int) -> np.random.Generator:
@@ -39,47 +45,8 @@ def example_rng(seed: int, position: int) -> np.random.Generator:
     return np.random.default_rng((seed, position))
 
 
-def open_image(data: ImageData, name: str | None = None) -> Image.Image:
-    """A PIL image with only its header read (pixels are decoded later, possibly in draft mode).
-
-    Args:
-      data: encoded bytes (JPEG, PNG, ...), a file path, or an already decoded uint8 [H, W] / [H, W, C].
-      name: what to call the image in errors (a path or 'dataset[index]'); defaults to `data` for paths.
-
-    Raises:
-      DataError: the bytes or file are not an image PIL can read, naming `name`.
-    """
-    if isinstance(data, np.ndarray):
-        return Image.fromarray(data.squeeze(-1) if data.ndim == 3 and data.shape[-1] == 1 else data)
-    if name is None:
-        name = "<bytes>" if isinstance(data, bytes) else os.fspath(data)
-    try:
-        return Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
-    except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"cannot read image {name}: {e}; remove or replace the file") from None
-
-
-def to_rgb_array(img: Image.Image, name: str = "<image>") -> np.ndarray:
-    """Decodes `img` to uint8 [H, W, 3] RGB (grayscale, RGBA, palette, CMYK and 16-bit converted).
-
-    Raises:
-      DataError: the pixel data is truncated or corrupt, naming `name`.
-    """
-    try:
-        if img.mode in ("I", "I;16", "I;16B", "F"):  # 16/32-bit grayscale: PIL's RGB conversion clips
-            arr = np.asarray(img, np.float64)
-            arr = np.round(255 * arr / max(arr.max(), 1)).astype(np.uint8)
-            return np.repeat(arr[:, :, None], 3, axis=2)
-        if img.mode == "P" and "transparency" in img.info:
-            img = img.convert("RGBA")  # PIL warns when a palette image with transparency goes to RGB
-        return np.asarray(img.convert("RGB"), np.uint8)
-    except (OSError, ValueError, SyntaxError) as e:
-        raise DataError(f"cannot decode image {name}: {e}; remove or replace the file") from None
-
-
-def decode(data: ImageData, name: str | None = None) -> np.ndarray:
-    """Decodes an image fully to uint8 [H, W, 3] RGB (see open_image for `data` and `name`)."""
-    return to_rgb_array(open_image(data, name), name or "<image>")
+def _upright(img: Image.Image, name: str) -> np.ndarray:
+    return apply_orientation(to_rgb_array(img, name), exif_orientation(img))
 
 
 def sample_crop_box(
@@ -116,15 +83,21 @@ def sample_crop_box(
 
 
 def resize_box(
-    img: Image.Image, box: tuple[float, float, float, float], size: tuple[int, int], name: str = "<image>"
+    img: Image.Image,
+    box: tuple[float, float, float, float],
+    size: tuple[int, int],
+    name: str = "<image>",
+    interpolation: str = "bilinear",
 ) -> np.ndarray:
-    """Window `box` = (left, top, w, h) of `img` (in its header's pixels) resized to `size` = (H, W).
+    """Window `box` = (left, top, w, h) of `img` (in its stored pixels) resized to `size` = (H, W) of the
+    stored orientation, then turned upright.
 
     Decodes a JPEG at the smallest DCT scale that keeps the window at least `size` (Image.draft), then
-    resizes only the window (bilinear, antialiased). Returns uint8 [H, W, 3].
+    resizes only the window. Returns uint8 [H', W', 3] (H', W' = size, swapped by a 90-degree turn).
     """
     left, top, w, h = box
     out_h, out_w = size
+    orientation = exif_orientation(img)
     if img.format == "JPEG" and img.mode != "P":
         full_w, full_h = img.size
         want = (max(1, math.ceil(full_w * out_w / w)), max(1, math.ceil(full_h * out_h / h)))
@@ -132,14 +105,12 @@ def resize_box(
         if drafted is not None:
             scale = full_w / drafted[1][2]  # the DCT scale PIL chose: 1, 2, 4 or 8
             left, top, w, h = left / scale, top / scale, w / scale, h / scale
+    rgb = img if img.mode in ("RGB", "L") else Image.fromarray(to_rgb_array(img, name))
     try:
-        img.load()
-    except (OSError, ValueError, SyntaxError) as e:
+        out = rgb.resize((out_w, out_h), _FILTERS[interpolation], box=(left, top, left + w, top + h))
+    except (OSError, ValueError, SyntaxError) as e:  # truncated or corrupt pixel data, found when decoded
         raise DataError(f"cannot decode image {name}: {e}; remove or replace the file") from None
-    if img.mode not in ("RGB", "L"):
-        img = Image.fromarray(to_rgb_array(img, name))
-    out = img.resize((out_w, out_h), Image.Resampling.BILINEAR, box=(left, top, left + w, top + h))
-    return to_rgb_array(out, name)
+    return apply_orientation(to_rgb_array(out, name), orientation)
 
 
 def random_resized_crop(
@@ -150,6 +121,7 @@ def random_resized_crop(
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
     flip: bool = True,
     name: str = "<image>",
+    interpolation: str = "bilinear",
 ) -> np.ndarray:
     """Inception-style training crop: a random window (sample_crop_box) resized to `size` x `size`.
 
@@ -158,38 +130,44 @@ def random_resized_crop(
       rng: this example's generator (example_rng).
       size: output side in pixels.
       area: range of the window's area as a fraction of the image's.
-      ratio: range of the window's aspect ratio (w / h).
+      ratio: range of the window's aspect ratio (w / h), in the stored orientation.
       flip: also mirror left-right with probability 1/2.
       name: what to call the image in errors.
+      interpolation: 'bilinear' or 'bicubic'.
 
     Returns:
       uint8 [size, size, 3].
     """
     box = sample_crop_box(*img.size, rng, area, ratio)
-    out = resize_box(img, box, (size, size), name)
+    out = resize_box(img, box, (size, size), name, interpolation)
     if flip and rng.random() < 0.5:
         out = np.ascontiguousarray(out[:, ::-1])
     return out
 
 
 def resize_shorter_center_crop(
-    img: Image.Image, resize: int = 256, crop: int = 224, name: str = "<image>"
+    img: Image.Image,
+    size: int = 224,
+    crop_pct: float = 0.875,
+    name: str = "<image>",
+    interpolation: str = "bilinear",
 ) -> np.ndarray:
-    """ImageNet eval view: scale the shorter side to `resize`, keep the centred `crop` x `crop` square.
-
-    Computed as one resize of the matching window of the source (same result up to rounding of the
-    window's edges, fewer pixels touched). Returns uint8 [crop, crop, 3].
-    """
-    width, height = img.size
-    side = crop * min(width, height) / resize  # the crop's side in source pixels
-    box = ((width - side) / 2, (height - side) / 2, side, side)
-    return resize_box(img, box, (crop, crop), name)
+    """The ImageNet evaluation view, timm's exactly: the shorter side resized to floor(size / crop_pct) with
+    `interpolation`, then the centre `size` x `size` crop. Returns uint8 [size, size, 3]."""
+    upright = _upright(img, name)
+    (new_h, new_w), (top, left) = center_crop_box(upright.shape[0], upright.shape[1], (size, size), crop_pct)
+    resized = Image.fromarray(upright).resize((new_w, new_h), _FILTERS[interpolation])
+    return np.asarray(resized, np.uint8)[top : top + size, left : left + size]
 
 
-def resize(img: Image.Image, size: int | Sequence[int], name: str = "<image>") -> np.ndarray:
-    """The whole image resized to `size` (an int for a square, or (H, W)), aspect ratio not kept."""
+def resize(
+    img: Image.Image, size: int | Sequence[int], name: str = "<image>", interpolation: str = "bilinear"
+) -> np.ndarray:
+    """The whole image resized to `size` (an int for a square, or (H, W) as shown), aspect ratio not kept."""
     out_h, out_w = (size, size) if isinstance(size, int) else size
-    return resize_box(img, (0, 0, *img.size), (out_h, out_w), name)
+    if exif_orientation(img) in (5, 6, 7, 8):  # the stored image is turned by 90 degrees
+        out_h, out_w = out_w, out_h
+    return resize_box(img, (0, 0, *img.size), (out_h, out_w), name, interpolation)
 
 
 def pad_crop_flip(img: np.ndarray, rng: np.random.Generator, pad: int = 4, flip: bool = True) -> np.ndarray:
@@ -212,33 +190,42 @@ class Transform:
     Attributes:
       name: one of TRANSFORMS. 'none' keeps the decoded image (every image must have the same size).
       size: output side for 'random_resized_crop', 'resize_shorter_center_crop' and 'resize'.
-      resize_size: shorter side before the centre crop of 'resize_shorter_center_crop'; None means
-        round(size * 256 / 224), ImageNet's ratio.
+      crop_pct: 'resize_shorter_center_crop': the crop's share of the resized shorter side (timm's
+        crop_pct; 0.875 = 224/256, ImageNet's usual view).
+      interpolation: the resize filter of the sized transforms, 'bilinear' or 'bicubic'.
       pad: padding of 'pad_crop_flip'.
       area: area range of 'random_resized_crop'.
     """
 
     name: str
     size: int = 224
-    resize_size: int | None = None
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
     pad: int = 4
     area: tuple[float, float] = (0.08, 1.0)
 
     def __post_init__(self):
         if self.name not in TRANSFORMS:
             raise ValueError(f"transform {self.name!r} must be one of {', '.join(TRANSFORMS)}")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(
+                f"interpolation {self.interpolation!r} must be one of {', '.join(INTERPOLATIONS)}"
+            )
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct={self.crop_pct} must be in (0, 1]")
 
     def __call__(self, data: Any, rng: np.random.Generator | None, name: str) -> np.ndarray:
         """Applies the transform to `data` (see open_image) with `rng`; `name` is for errors."""
         img = open_image(data, name)
         if self.name == "random_resized_crop":
-            return random_resized_crop(img, rng, self.size, self.area, name=name)
+            return random_resized_crop(
+                img, rng, self.size, self.area, name=name, interpolation=self.interpolation
+            )
         if self.name == "resize_shorter_center_crop":
-            shorter = self.resize_size or round(self.size * 256 / 224)
-            return resize_shorter_center_crop(img, shorter, self.size, name=name)
+            return resize_shorter_center_crop(img, self.size, self.crop_pct, name, self.interpolation)
         if self.name == "resize":
-            return resize(img, self.size, name=name)
-        decoded = to_rgb_array(img, name)
+            return resize(img, self.size, name=name, interpolation=self.interpolation)
+        decoded = _upright(img, name)
         return pad_crop_flip(decoded, rng, self.pad) if self.name == "pad_crop_flip" else decoded
 
     @property

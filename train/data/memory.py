@@ -181,6 +181,7 @@ class InMemoryPipeline:
         h, w, c = train.images.shape[1:] if train else eval_split.images.shape[2:]
         self.image_shape = (resize_to, resize_to, c) if resize_to else (h, w, c)
         self.num_classes, self.class_names = num_classes, class_names
+        self.eval_view: dict[str, Any] = {}  # whole images, resized in the step (resize_images) if at all
 
     def train_inputs(self, start_step: int) -> Iterator[tuple[jax.Array, jax.Array]]:
         """What the jitted step takes for steps start_step, start_step + 1, ...: here always the split."""

@@ -119,6 +119,8 @@ class StreamingPipeline:
         mean: tuple[float, ...] = (0.485, 0.456, 0.406),
         std: tuple[float, ...] = (0.229, 0.224, 0.225),
         pad: int = 4,
+        crop_pct: float = 0.875,
+        interpolation: str = "bilinear",
     ):
         """Checks the arguments and sizes; starts nothing (iterators start workers when asked).
 
@@ -138,6 +140,8 @@ class StreamingPipeline:
           mean, std: per-channel normalisation in [0, 1] units, applied in the jitted step (default
             ImageNet's); recorded in `preprocess`.
           pad: zero padding of 'pad_crop_flip'.
+          crop_pct: 'resize_shorter_center_crop': the crop's share of the resized shorter side.
+          interpolation: the resize filter of the sized transforms ('bilinear' or 'bicubic').
 
         Raises:
           ValueError: a batch size that does not divide evenly, or fewer examples than one batch.
@@ -155,8 +159,12 @@ class StreamingPipeline:
             raise ValueError(f"{len(train_source)} training examples are fewer than batch_size={batch_size}")
         self.mesh, self.batch_size, self.eval_batch_size, self.seed = mesh, batch_size, eval_batch_size, seed
         self.train_source, self.eval_source = train_source, eval_source
-        self.train_transform = Transform(train_transform, image_size, pad=pad)
-        self.eval_transform = Transform(eval_transform, image_size)
+        resizing = dict(crop_pct=crop_pct, interpolation=interpolation)
+        self.train_transform = Transform(train_transform, image_size, pad=pad, **resizing)
+        self.eval_transform = Transform(eval_transform, image_size, **resizing)
+        # The checkpoint records timm's centre-crop view, so make_predict_fn resizes as the eval did.
+        centre_crop = self.eval_transform.name == "resize_shorter_center_crop"
+        self.eval_view = resizing if centre_crop else {}
         self.num_workers, self.prefetch, self.read_threads = num_workers, prefetch, read_threads
         self.preprocess = {
             "kind": "mean_std",
