@@ -130,7 +130,8 @@ def tables(peaks: list[dict], records: list[dict]) -> str:
         )
         ok = "met" if prog / step >= GOAL_PROGRAM_VS_STEP else "NOT met"
         goals.append(
-            f"- {model} {dtype}: program / bare step = {prog / step:.2f} (goal >= {GOAL_PROGRAM_VS_STEP}: {ok})"
+            f"- {model} {dtype}: program / bare step = {prog / step:.2f} "
+            f"(goal >= {GOAL_PROGRAM_VS_STEP}: {ok})"
         )
         if model == "resnet20" and dtype == "float32" and theirs:
             ok = "met" if prog / theirs >= GOAL_RESNET20_VS_TORCH else "NOT met"

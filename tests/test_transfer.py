@@ -270,7 +270,8 @@ def test_bad_fine_tuning_input_is_a_clear_error_before_anything_is_written(tmp_p
     )
     _rejects(tmp_path, _config(path, head_hidden=-5), "head_hidden=-5 must be >= 0")
     # The architecture is the checkpoint's: another model name is a mistake, said at once.
-    _rejects(tmp_path, _config(path, model="resnet56"), "model='resnet56' but init_checkpoint .* holds a resnet20")
+    mismatch = "model='resnet56' but init_checkpoint .* holds a resnet20"
+    _rejects(tmp_path, _config(path, model="resnet56"), mismatch)
     imagenet_stem, _ = _backbone(tmp_path / "imagenet_stem", cifar_stem=False)
     _rejects(
         tmp_path,

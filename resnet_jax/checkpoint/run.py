@@ -164,7 +164,7 @@ class RunCheckpoints:
         unhealthy: Callable[[dict[str, Any]], str | None] = lambda meta: None,
         step: int | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]] | None:
-        """Restores the newest intact, healthy checkpoint onto the structure, shapes and shardings of `target`.
+        """Restores the newest intact, healthy checkpoint onto the structure, shapes, shardings of `target`.
 
         Args:
           target: a state pytree like the one saved.
