@@ -89,6 +89,7 @@ def test_round_trip_bfloat16_params_and_dtype_strings(tmp_path):
     _assert_bitwise(variables, loaded)
 
 
+@pytest.mark.slow
 def test_group_norm_model_saves_loads_and_predicts_without_batch_stats(tmp_path):
     """GroupNorm keeps no statistics: the checkpoint holds params only and loads and predicts as saved."""
     model = create_model("resnet18", num_classes=4, norm="group")

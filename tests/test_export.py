@@ -60,7 +60,11 @@ def trained_looking(model, seed: int = 0) -> dict:
 
 
 # A basic-block and a bottleneck net fine-tuned to 10 classes: every BN frozen, and the BNs up to stage 3.
-CASES = [("resnet18", {"norm": "frozen_batch"}), ("resnext50_32x4d", {"norm_frozen_up_to": "stage3"})]
+# A basic-block net in the fast tier, a bottleneck net (grouped convs) in the full tier.
+CASES = [
+    ("resnet18", {"norm": "frozen_batch"}),
+    pytest.param("resnext50_32x4d", {"norm_frozen_up_to": "stage3"}, marks=pytest.mark.slow),
+]
 
 
 @pytest.mark.parametrize("arch,options", CASES)

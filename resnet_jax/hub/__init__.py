@@ -220,8 +220,12 @@ def _convert(weights: dict[str, Any], arch: str, what: str) -> tuple[nn.Module, 
     try:
         return tv.from_torchvision(weights, arch)
     except ValueError as e:
-        summary = str(e).splitlines()[0].rstrip(":")  # the first line counts what is missing or mis-shaped
-        raise PretrainedError(f"{what}: {summary}{_fits(weights)}") from None
+        # One line: the converter's first (what does not fit, and the architecture that does) and its
+        # counts of missing, unexpected and mis-shaped entries.
+        first, _, rest = str(e).partition("\n")
+        counts = rest.splitlines()[0].rstrip(":") if rest else ""
+        fits = "" if "hint:" in first else _fits(weights)
+        raise PretrainedError(f"{what}: {first}{fits}" + (f" ({counts})" if counts else "")) from None
 
 
 def _fits(weights: dict[str, Any]) -> str:
