@@ -2,7 +2,8 @@
 
 Rerunning the same command on the same DIR resumes from its latest checkpoint. Exit statuses: 0 the run
 finished (or stopped at config.stop_after_steps); 1 bad input (one line says what and how to fix it;
-the workdir is unchanged); 2 bad command line; 3 training diverged (the good checkpoints are kept);
+the workdir is unchanged; or an input file that went bad mid-run: its checkpoints are kept and the line
+says how to resume); 2 bad command line; 3 training diverged (the good checkpoints are kept);
 128 + N stopped by signal N after saving (130 Ctrl-C, 143 SIGTERM): rerun to resume.
 """
 

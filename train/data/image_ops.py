@@ -34,6 +34,15 @@ class DataError(ValueError):
     """Bad input data (missing, empty or undecodable); the message names the path and the fix."""
 
 
+def describe_error(error: BaseException) -> str:
+    """What went wrong reading an image, as a short phrase (PIL's own text names a BytesIO object)."""
+    if isinstance(error, UnidentifiedImageError):
+        return "not an image PIL can identify"
+    if isinstance(error, OSError) and error.strerror:  # the file itself: missing, a symlink loop, ...
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
 def example_rng(seed: int, position: int) -> np.random.Generator:
     """The generator of one example: a pure function of (seed, global position in the stream)."""
     return np.random.default_rng((seed, position))
@@ -56,7 +65,8 @@ def open_image(data: ImageData, name: str | None = None) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
     except (UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"cannot read image {name}: {e}; remove or replace the file") from None
+        why = describe_error(e)
+        raise DataError(f"cannot read image {name}: {why}; remove or replace the file") from None
 
 
 def to_rgb_array(img: Image.Image, name: str = "<image>") -> np.ndarray:

@@ -6,6 +6,7 @@ unreachable is an error at once, saying how to provide the data.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -48,6 +49,40 @@ def resolve_data_dir(data_dir: str | None) -> str:
     return os.path.expanduser(os.path.join("~", "tensorflow_datasets"))
 
 
+def open_builder(name: str, root: str) -> Any:
+    """tfds's builder for `name` in `root`, prepared or not; creates nothing and downloads nothing.
+
+    Raises:
+      DatasetUnavailableError: an unknown name (and no prepared copy), or damaged metadata.
+    """
+    tfds = _tfds()
+    try:
+        return tfds.builder(name, data_dir=root)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        del e  # its text lists every registered dataset: hundreds of lines
+        raise DatasetUnavailableError(
+            f"unknown tfds dataset {name!r}: it is not a registered tfds dataset and {root} holds no "
+            f"prepared copy ({name}/<version>/); check the name, or point --config.data_dir at one"
+        ) from None
+    except Exception as e:  # a damaged dataset_info.json or features.json: JSON or protobuf errors
+        raise DatasetUnavailableError(
+            f"cannot read the prepared {name!r} in {root} ({type(e).__name__}: {str(e)[:200]}): its "
+            "metadata is damaged; delete that dataset directory and prepare it again"
+        ) from None
+
+
+def is_prepared(builder: Any) -> bool:
+    """builder.is_prepared(), without tfds's log line about the missing files (the caller's error says
+    what is missing and how to provide it)."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        return builder.is_prepared()
+    finally:
+        absl_logger.setLevel(level)
+
+
 def get_builder(name: str, data_dir: str | None) -> Any:
     """A prepared tfds builder for `name`: prepared already, from a manually placed archive, or downloaded.
 
@@ -61,20 +96,8 @@ def get_builder(name: str, data_dir: str | None) -> Any:
     """
     tfds = _tfds()
     root = resolve_data_dir(data_dir)
-    try:
-        builder = tfds.builder(name, data_dir=root)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        del e  # its text lists every registered dataset: hundreds of lines
-        raise DatasetUnavailableError(
-            f"unknown tfds dataset {name!r}: it is not a registered tfds dataset and {root} holds no "
-            f"prepared copy ({name}/<version>/); check the name, or point --config.data_dir at one"
-        ) from None
-    except Exception as e:  # a damaged dataset_info.json or features.json: JSON or protobuf errors
-        raise DatasetUnavailableError(
-            f"cannot read the prepared {name!r} in {root} ({type(e).__name__}: {str(e)[:200]}): its "
-            "metadata is damaged; delete that dataset directory and prepare it again"
-        ) from None
-    if builder.is_prepared():
+    builder = open_builder(name, root)
+    if is_prepared(builder):
         return builder
     manual_dir = os.path.join(root, "downloads", "manual")
     archive = MANUAL_ARCHIVES.get(name)
