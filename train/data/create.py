@@ -85,18 +85,21 @@ def _checked_folders(config: Any) -> tuple[ImageFolder, ImageFolder]:
 
 def _tfds_array_record_sources(config: Any) -> tuple[RandomAccessSource, RandomAccessSource]:
     data_dir = tfds_data.resolve_data_dir(config.data_dir)
-    builder = tfds_data.open_builder(config.dataset, data_dir)
-    if not tfds_data.is_prepared(builder):  # tfds.data_source would retry a download for minutes offline
-        raise tfds_data.DatasetUnavailableError(
-            f"dataset {config.dataset!r} is not prepared: tfds looked for {builder.data_dir} and did not "
-            f"find it (data_dir {data_dir}, from config.data_dir, else $TFDS_DATA_DIR, else "
-            "~/tensorflow_datasets). pipeline='grain' reads an ArrayRecord copy and downloads nothing: "
-            f"prepare one (tfds build {config.dataset} --file_format=array_record --data_dir={data_dir}) "
-            "or point --config.data_dir at a directory holding one"
-        )
+    builder = tfds_data.open_builder(config.dataset, data_dir)  # an unknown name, damaged metadata
     try:
-        train, test = tfds_sources(config.dataset, data_dir, config.train_split, config.eval_split)
+        with tfds_data.quiet_absl_warnings():  # download=False: never minutes of offline retries
+            train, test = tfds_sources(config.dataset, data_dir, config.train_split, config.eval_split)
     except Exception as e:  # tfds raises several types for a missing or TFRecord-only dataset
+        with tfds_data.quiet_absl_warnings():
+            prepared = builder.is_prepared()
+        if not prepared:
+            raise tfds_data.DatasetUnavailableError(
+                f"dataset {config.dataset!r} is not prepared: tfds looked for {builder.data_dir} and did "
+                f"not find it (data_dir {data_dir}, from config.data_dir, else $TFDS_DATA_DIR, else "
+                "~/tensorflow_datasets). pipeline='grain' reads an ArrayRecord copy and downloads "
+                f"nothing: prepare one (tfds build {config.dataset} --file_format=array_record "
+                f"--data_dir={data_dir}) or point --config.data_dir at a directory holding one"
+            ) from None
         raise tfds_data.DatasetUnavailableError(
             f"cannot read {config.dataset} from {data_dir} with tfds.data_source ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else ''}): pipeline='grain' needs it prepared as ArrayRecord "

@@ -6,8 +6,10 @@ unreachable is an error at once, saying how to provide the data.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -71,14 +73,15 @@ def open_builder(name: str, root: str) -> Any:
         ) from None
 
 
-def is_prepared(builder: Any) -> bool:
-    """builder.is_prepared(), without tfds's log line about the missing files (the caller's error says
-    what is missing and how to provide it)."""
+@contextlib.contextmanager
+def quiet_absl_warnings() -> Iterator[None]:
+    """Holds back absl's warnings, through which tfds logs that a dataset's files are missing: the
+    caller's error says what is missing and how to provide it."""
     absl_logger = logging.getLogger("absl")
     level = absl_logger.level
     absl_logger.setLevel(logging.ERROR)
     try:
-        return builder.is_prepared()
+        yield
     finally:
         absl_logger.setLevel(level)
 
@@ -97,8 +100,9 @@ def get_builder(name: str, data_dir: str | None) -> Any:
     tfds = _tfds()
     root = resolve_data_dir(data_dir)
     builder = open_builder(name, root)
-    if is_prepared(builder):
-        return builder
+    with quiet_absl_warnings():
+        if builder.is_prepared():
+            return builder
     manual_dir = os.path.join(root, "downloads", "manual")
     archive = MANUAL_ARCHIVES.get(name)
     if archive and os.path.exists(os.path.join(manual_dir, archive)):
