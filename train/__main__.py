@@ -74,11 +74,13 @@ def main(argv: list[str]) -> None:
     from resnet_jax.checkpoint import CheckpointError
     from train import health, train
     from train.configuration import ConfigError
-    from train.data import tfds_data
+    from train.data import DataError, tfds_data
 
+    # DataError: an image that cannot be read outside the loop (which adds how to resume): while caching
+    # features before anything is written, or in a finished run's evaluation.
     try:
         result = train.train_and_evaluate(config, FLAGS.workdir)
-    except (ConfigError, tfds_data.DatasetUnavailableError, CheckpointError) as e:
+    except (ConfigError, tfds_data.DatasetUnavailableError, CheckpointError, DataError) as e:
         sys.exit(f"error: {e}")
     except health.TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
