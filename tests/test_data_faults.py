@@ -20,6 +20,8 @@ Cases: what is done -> exit status: the stderr line (D the data folder, W the wo
 - a self-looping symlink in a class folder -> 1: error: ... D/train/cat/loop.png (Too many levels of
   symbolic links); ...
 - 12 bad files (Python) -> the message names 10 of them and says "and 2 more"
+- a self-looping symlink among the class folders (Python) -> DataError: D/train/zebra cannot be read (Too
+  many levels of symbolic links): remove it or fix the link
 - an image of another size with image_size=0 and pad_crop_flip -> 1: error: 1 of 64 images under D/train
   are not 32x32 pixels like the other 63 (e.g. D/train/frog/010.png is 30x28), but
   train_transform='pad_crop_flip' keeps each image's size: pass --config.image_size=N with a sized
@@ -186,6 +188,14 @@ def test_a_bad_file_list_names_ten_and_counts_the_rest(folder):
     message = str(e.value)
     assert "12 of 76 files" in message and message.count("(empty file)") == 10 and "and 2 more" in message
     assert "\n" not in message
+
+
+def test_a_looping_symlink_among_the_class_folders_is_one_line(folder):
+    os.symlink("zebra", folder / "train" / "zebra")
+    with pytest.raises(
+        DataError, match=rf"^{folder}/train/zebra cannot be read \(Too many levels of symbolic"
+    ):
+        image_folder.ImageFolder(folder / "train")
 
 
 def _config(root: Path, **overrides):
