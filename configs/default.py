@@ -59,6 +59,10 @@ def get_config() -> ml_collections.ConfigDict:
     # The grain transforms' resize filter: bilinear | bicubic. '': the init checkpoint's, else bilinear.
     c.interpolation = ""
     c.num_workers = 0  # grain worker processes per host decoding images; 0: in the training process
+    # Folder source: every file's header is checked before training (train/data/image_check.py). False:
+    # bad files stop the run before anything is written, listed with their reasons; True: they are
+    # left out with one warning line (batches stay a function of (seed, step) over the other files).
+    c.skip_bad_images = False
     c.prefetch = 2  # grain: global batches put on the devices ahead of the step
 
     # Optimisation: SGD with momentum; the paper's lr 0.1, /10 at 32k and 48k, stop at 64k, batch 128.

@@ -52,6 +52,15 @@ def _pil():
     return Image
 
 
+def describe_error(error: BaseException) -> str:
+    """What went wrong reading an image, as a short phrase (Pillow's own text names a BytesIO object)."""
+    if type(error).__name__ == "UnidentifiedImageError":
+        return "not an image Pillow can identify"
+    if isinstance(error, OSError) and error.strerror:  # the file itself: missing, a symlink loop, ...
+        return error.strerror
+    return str(error) or type(error).__name__
+
+
 def open_image(data: ImageData, name: str | None = None) -> Image.Image:
     """A PIL image with only its header read (pixels are decoded later, possibly in draft mode).
 
@@ -77,7 +86,9 @@ def open_image(data: ImageData, name: str | None = None) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
     except (Image.UnidentifiedImageError, OSError, ValueError) as e:
-        raise DataError(f"cannot read image {name}: {e}; remove or replace the file") from None
+        raise DataError(
+            f"cannot read image {name}: {describe_error(e)}; remove or replace the file"
+        ) from None
 
 
 def exif_orientation(img: Image.Image) -> int:

@@ -14,7 +14,7 @@ import pytest
 from jax.sharding import PartitionSpec
 from PIL import Image
 
-from train.data import image_folder, image_ops, sources, streaming
+from train.data import image_check, image_folder, image_ops, sources, streaming
 from train.steps import make_mesh
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,7 +158,7 @@ def test_image_folder_sorts_classes_and_files(tmp_path):
     item = folder[5]
     assert item["label"] == 2 and item["path"] == str(tmp_path / "zebra" / "001.jpg")
     assert image_ops.decode(item["image"]).shape == (24, 20, 3)
-    folder.verify()
+    assert image_check.check_folders([(folder, "train_transform", "none")]) == ([folder], None)
 
 
 def _error(fn, *args) -> str:
@@ -185,7 +185,8 @@ def test_image_folder_errors_name_the_path_and_write_nothing(tmp_path):
     _write_tree(tmp_path / "b", {"cat": 1, "eel": 1})
     before = _listing(tmp_path)
     folder = image_folder.ImageFolder(tmp_path / "a")  # listed by name: fine until read
-    msg = _error(folder.verify)
+    msg = _error(image_check.check_folders, [(folder, "train_transform", "none")])
+
     assert "1 of 4 files" in msg and str(tmp_path / "a" / "dog" / "bad.jpg") in msg
     t = image_ops.Transform("resize", 8)
     item = folder[folder.paths.index("dog/bad.jpg")]

@@ -2,7 +2,8 @@
 
 Rerunning the same command on the same DIR resumes from its latest checkpoint. Exit statuses: 0 the run
 finished (or stopped at config.stop_after_steps); 1 bad input (one line says what and how to fix it;
-the workdir is unchanged); 2 bad command line; 3 training diverged (the good checkpoints are kept);
+the workdir is unchanged; or an input file that went bad mid-run: its checkpoints are kept and the line
+says how to resume); 2 bad command line; 3 training diverged (the good checkpoints are kept);
 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM): after saving when it came during training, at
 once when it came before the first step or a second time: rerun to resume.
 """
@@ -75,15 +76,17 @@ def main(argv: list[str]) -> None:
     from resnet_jax.checkpoint.run import is_no_space, no_space
     from train import health, signals, train
     from train.configuration import ConfigError
-    from train.data import tfds_data
+    from train.data import DataError, tfds_data
 
+    # DataError: an image that cannot be read outside the loop (which adds how to resume): while caching
+    # features before anything is written, or in a finished run's evaluation.
     try:
         with signals.quit_on_signal():
             result = train.train_and_evaluate(config, FLAGS.workdir)
     except signals.Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr, flush=True)
         sys.exit(128 + e.signum)
-    except (ConfigError, tfds_data.DatasetUnavailableError, CheckpointError) as e:
+    except (ConfigError, tfds_data.DatasetUnavailableError, CheckpointError, DataError) as e:
         sys.exit(f"error: {e}")
     except health.TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)

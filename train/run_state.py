@@ -22,6 +22,8 @@ import optax
 from resnet_jax.checkpoint import CheckpointError, RunCheckpoints, make_meta
 from train import health, optim, programs, run_config
 from train import metrics as metrics_lib
+from train.data import DataError
+from train.data.tfds_data import DatasetUnavailableError
 from train.signals import StopRequest
 
 if TYPE_CHECKING:
@@ -235,6 +237,8 @@ class RunState:
                     if stop_now:
                         stopped_by = stop.name or "stop_after_steps"
                         break
+        except DataError as e:  # a file went bad after the pipeline's start-of-run checks
+            raise DatasetUnavailableError(f"{e}. {self._resume_hint()}") from None
         finally:
             bar.close()
             try:
@@ -243,6 +247,16 @@ class RunState:
                 self.checkpoints.close()
                 self.writer.close()
         return self._finish(stopped_by, eval_metrics, run_eval)
+
+    def _resume_hint(self) -> str:
+        self.checkpoints.wait_until_finished()
+        steps = self.checkpoints.all_steps()
+        if not steps:
+            return "No checkpoint was saved yet: rerun the same command to start again"
+        return (
+            f"The {len(steps)} checkpoint(s) in {self.checkpoints.directory} are kept: rerun the same "
+            f"command to resume from step {max(steps)}"
+        )
 
     def _postfix(self, host: dict[str, Any], step: int) -> dict[str, str]:
         start, start_step = self._window

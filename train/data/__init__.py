@@ -13,6 +13,10 @@ from typing import Any, Protocol
 
 import jax
 
+from train.data.image_ops import DataError
+
+__all__ = ["DataError", "Pipeline"]
+
 
 class Pipeline(Protocol):
     """The training loop's view of its data: batches for a step, eval stacks, and the split's facts.
@@ -43,7 +47,10 @@ class Pipeline(Protocol):
     eval_view: dict[str, Any]
 
     def train_inputs(self, start_step: int) -> Iterator[Any]:
-        """What the jitted step takes as its inputs for steps start_step, start_step + 1, ... (endless)."""
+        """What the jitted step takes as its inputs for steps start_step, start_step + 1, ... (endless).
+
+        Its next() raises DataError (one line naming the file) when a record cannot be read.
+        """
         ...
 
     def device_batch(self, inputs: Any, step: jax.Array) -> dict[str, jax.Array]:
@@ -51,7 +58,8 @@ class Pipeline(Protocol):
         ...
 
     def eval_inputs(self) -> Iterator[dict[str, jax.Array]]:
-        """The eval split once, as stacks {..., 'label' [K, B], 'mask' [K, B]} of padded batches."""
+        """The eval split once, as stacks {..., 'label' [K, B], 'mask' [K, B]} of padded batches (its
+        next() raises DataError as train_inputs' does)."""
         ...
 
     def close(self) -> None:

@@ -3,18 +3,18 @@
 Classes are the sorted subfolder names and a file's label is its class's index; files are sorted, so
 index i names the same file on every host. Problems are reported as one-line `DataError`s that name
 the path and the fix: checked when the folder is listed (missing root, no images, an empty class
-folder, a file that is not an image by its name), when an image is decoded (corrupt file), or all at
-once by `verify()`, which reads every header.
+folder, a file that is not an image by its name, a class entry that cannot be read), and when an
+image is read or decoded. train/data/image_check.py checks every file's header before training.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from train.data.image_ops import DataError
 
@@ -31,17 +31,33 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 _HINT = "expected root/<class>/<image> with one subfolder per class"
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError as e:  # a symbolic link that loops: is_dir follows it
+        raise DataError(f"{entry.path} cannot be read ({e.strerror}): remove it or fix the link") from None
+
+
 def _subfolders(root: str) -> list[str]:
-    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    return sorted(e.name for e in os.scandir(root) if not e.name.startswith(".") and _is_dir(e))
+
+
+def _is_file(entry: os.DirEntry) -> bool:
+    """A file, or a symbolic link that does not lead to a folder: a broken or looping link is listed, so
+    that the header check names it instead of the data silently shrinking."""
+    try:
+        return entry.is_file() or (entry.is_symlink() and not entry.is_dir())
+    except OSError:  # a symbolic link that loops
+        return True
 
 
 def _class_files(folder: str) -> list[str]:
-    """The sorted image files of one class folder (hidden files skipped).
+    """The sorted image files of one class folder (hidden files and subfolders skipped).
 
     Raises:
       DataError: on a file whose extension is not an image's, or when there is no image.
     """
-    names = sorted(e.name for e in os.scandir(folder) if e.is_file() and not e.name.startswith("."))
+    names = sorted(e.name for e in os.scandir(folder) if not e.name.startswith(".") and _is_file(e))
     for name in names:
         if not name.lower().endswith(IMAGE_EXTENSIONS):
             raise DataError(
@@ -105,30 +121,12 @@ class ImageFolder:
     def __repr__(self) -> str:
         return f"ImageFolder({self.root!r}, {len(self)} images, {len(self.class_names)} classes)"
 
-    def verify(self, max_listed: int = 10) -> None:
-        """Opens every file's header (cheap: no pixels decoded) to find non-images before training.
-
-        Truncated pixel data passes this check; it is reported when the image is decoded.
-
-        Args:
-          max_listed: how many bad files the error names.
-
-        Raises:
-          DataError: naming the bad files (the first `max_listed`) and their count.
-        """
-        bad = []
-        for rel in self.paths:
-            path = os.path.join(self.root, rel)
-            try:
-                Image.open(path).close()  # open parses the header and identifies the format
-            except (OSError, ValueError, SyntaxError):
-                bad.append(path)
-        if bad:
-            listed = ", ".join(bad[:max_listed]) + (" ..." if len(bad) > max_listed else "")
-            raise DataError(
-                f"{len(bad)} of {len(self)} files under {self.root} are not readable images: {listed}; "
-                "remove or replace them"
-            )
+    def without(self, paths: set[str]) -> ImageFolder:
+        """A copy without the files at `paths` (relative to root); classes and labels stay the same."""
+        keep = [i for i, p in enumerate(self.paths) if p not in paths]
+        out = copy.copy(self)
+        out.paths, out.labels = tuple(self.paths[i] for i in keep), self.labels[keep]
+        return out
 
 
 def check_same_classes(train: ImageFolder, test: ImageFolder) -> None:

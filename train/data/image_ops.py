@@ -29,10 +29,27 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from resnet_jax.images import DataError, apply_orientation, decode, exif_orientation, open_image, to_rgb_array
+from resnet_jax.images import (
+    DataError,
+    apply_orientation,
+    decode,
+    describe_error,
+    exif_orientation,
+    open_image,
+    to_rgb_array,
+)
 from resnet_jax.resample import INTERPOLATIONS, center_crop_box
 
-__all__ = ["SIZED_TRANSFORMS", "TRANSFORMS", "DataError", "Transform", "decode", "example_rng", "open_image"]
+__all__ = [
+    "SIZED_TRANSFORMS",
+    "TRANSFORMS",
+    "DataError",
+    "Transform",
+    "decode",
+    "describe_error",
+    "example_rng",
+    "open_image",
+]
 
 TRANSFORMS = ("random_resized_crop", "resize_shorter_center_crop", "resize", "pad_crop_flip", "none")
 # The transforms that output config.image_size (the others keep the stored size).

@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import TYPE_CHECKING
 
 import grain
 import numpy as np
 
-from train.data import image_ops
-from train.data.image_ops import Transform
-
-if TYPE_CHECKING:
-    from train.data.sources import RandomAccessSource
+from train.data import image_ops, sources
+from train.data.image_ops import DataError, Transform
+from train.data.sources import RandomAccessSource
 
 
 @functools.lru_cache(maxsize=16)
@@ -35,8 +32,17 @@ def epoch_seed(seed: int, epoch: int) -> int:
 def read_example(
     source: RandomAccessSource, source_name: str, index: int, transform: Transform, rng
 ) -> tuple[np.ndarray, int]:
-    """(transformed image, label) of `source[index]`; errors name the file (or source[index])."""
-    record = source[index]
+    """(transformed image, label) of `source[index]`; errors name the file (or source[index]).
+
+    Raises:
+      DataError: the record or its image cannot be read (one line naming the file and the fix).
+    """
+    try:
+        record = source[index]
+    except DataError:
+        raise
+    except Exception as e:  # a damaged ArrayRecord file raises RuntimeError naming no file
+        raise DataError(sources.read_error(source, index, e)) from None
     name = record.get("path") or f"{source_name}[{index}]"
     return transform(record["image"], rng, name), int(record["label"])
 

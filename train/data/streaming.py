@@ -12,6 +12,8 @@ uint8; normalisation stays in the jitted step.
 
 from __future__ import annotations
 
+import functools
+import os
 import sys
 import weakref
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from train.data import image_ops
+from train.data import grain_processes, image_ops
 from train.data.image_folder import DataError, check_num_classes
 from train.data.image_ops import Transform
 from train.data.sources import RandomAccessSource, class_names_of, source_name
@@ -29,15 +31,6 @@ from train.data.stream_order import EvalExample, TrainExample, read_example
 
 # Grain datasets need a length; training positions are unbounded, so the stream is this long.
 _ENDLESS = sys.maxsize // 2
-
-
-def _ensure_absl_flags_parsed() -> None:
-    # grain's worker processes read absl flags; outside an absl app they are unparsed and reading
-    # them raises UnparsedFlagAccessError.
-    from absl import flags
-
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
 
 
 def _check_local_rows(sharding: NamedSharding, batch_size: int, process_index: int) -> None:
@@ -53,7 +46,7 @@ def _check_local_rows(sharding: NamedSharding, batch_size: int, process_index: i
 
 
 class _Batches(Iterator):
-    """A grain iterator that close() releases at once.
+    """A grain iterator that close() releases at once, and whose data errors are one plain line.
 
     grain's iterators also close in __del__, which fails noisily if they live until interpreter
     shutdown; dropping the reference on close lets them go while their modules still exist.
@@ -70,6 +63,11 @@ class _Batches(Iterator):
         except StopIteration:  # an exhausted eval pass releases its workers now, not at close()
             self.close()
             raise
+        except DataError as e:
+            # Raised in a reading thread or worker process (grain passes the type through): the same
+            # one-line message, without grain's notes and frames.
+            self.close()
+            raise DataError(str(e)) from None
 
     def close(self) -> None:
         it, self._it = self._it, None
@@ -80,6 +78,7 @@ class _Batches(Iterator):
 def _close_all(iterators: list) -> None:
     while iterators:
         iterators.pop().close()
+    grain_processes.release_shared_memory()
 
 
 class StreamingPipeline:
@@ -210,8 +209,11 @@ class StreamingPipeline:
             grain.ReadOptions(num_threads=self.read_threads, prefetch_buffer_size=self.read_threads)
         )
         if self.num_workers > 0:
-            _ensure_absl_flags_parsed()
-            ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.num_workers))
+            grain_processes.ensure_absl_flags_parsed()
+            ds = ds.mp_prefetch(
+                grain.MultiprocessingOptions(num_workers=self.num_workers),
+                worker_init_fn=functools.partial(grain_processes.worker_init, os.getpid()),
+            )
         return ds
 
     def local_train_batches(self, start_step: int = 0) -> grain.IterDataset:

@@ -17,8 +17,11 @@ def write_fake_dataset(
     image_shape: tuple[int, int, int] = (32, 32, 3),
     num_classes: int = 10,
     seed: int = 0,
+    file_format: str | None = None,
 ) -> str:
-    """Writes a prepared tfds dataset `name` (splits 'train' and 'test') of random uint8 images to `data_dir`.
+    """Writes a prepared tfds dataset `name` (splits 'train' and 'test') of random uint8 images to `data_dir`,
+    as TFRecord files (the in-memory pipeline reads those) or, with file_format='array_record', ArrayRecord
+    files (pipeline='grain').
 
     Returns:
       the dataset name to put in `config.dataset`.
@@ -49,5 +52,6 @@ def write_fake_dataset(
         features=features,
         split_datasets={"train": split(num_train), "test": split(num_test)},
         data_dir=data_dir,
+        file_format=file_format,
     )
     return name

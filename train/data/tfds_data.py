@@ -6,7 +6,10 @@ unreachable is an error at once, saying how to provide the data.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -48,6 +51,41 @@ def resolve_data_dir(data_dir: str | None) -> str:
     return os.path.expanduser(os.path.join("~", "tensorflow_datasets"))
 
 
+def open_builder(name: str, root: str) -> Any:
+    """tfds's builder for `name` in `root`, prepared or not; creates nothing and downloads nothing.
+
+    Raises:
+      DatasetUnavailableError: an unknown name (and no prepared copy), or damaged metadata.
+    """
+    tfds = _tfds()
+    try:
+        return tfds.builder(name, data_dir=root)
+    except tfds.core.registered.DatasetNotFoundError as e:
+        del e  # its text lists every registered dataset: hundreds of lines
+        raise DatasetUnavailableError(
+            f"unknown tfds dataset {name!r}: it is not a registered tfds dataset and {root} holds no "
+            f"prepared copy ({name}/<version>/); check the name, or point --config.data_dir at one"
+        ) from None
+    except Exception as e:  # a damaged dataset_info.json or features.json: JSON or protobuf errors
+        raise DatasetUnavailableError(
+            f"cannot read the prepared {name!r} in {root} ({type(e).__name__}: {str(e)[:200]}): its "
+            "metadata is damaged; delete that dataset directory and prepare it again"
+        ) from None
+
+
+@contextlib.contextmanager
+def quiet_absl_warnings() -> Iterator[None]:
+    """Holds back absl's warnings, through which tfds logs that a dataset's files are missing: the
+    caller's error says what is missing and how to provide it."""
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logger.setLevel(level)
+
+
 def get_builder(name: str, data_dir: str | None) -> Any:
     """A prepared tfds builder for `name`: prepared already, from a manually placed archive, or downloaded.
 
@@ -61,21 +99,10 @@ def get_builder(name: str, data_dir: str | None) -> Any:
     """
     tfds = _tfds()
     root = resolve_data_dir(data_dir)
-    try:
-        builder = tfds.builder(name, data_dir=root)
-    except tfds.core.registered.DatasetNotFoundError as e:
-        del e  # its text lists every registered dataset: hundreds of lines
-        raise DatasetUnavailableError(
-            f"unknown tfds dataset {name!r}: it is not a registered tfds dataset and {root} holds no "
-            f"prepared copy ({name}/<version>/); check the name, or point --config.data_dir at one"
-        ) from None
-    except Exception as e:  # a damaged dataset_info.json or features.json: JSON or protobuf errors
-        raise DatasetUnavailableError(
-            f"cannot read the prepared {name!r} in {root} ({type(e).__name__}: {str(e)[:200]}): its "
-            "metadata is damaged; delete that dataset directory and prepare it again"
-        ) from None
-    if builder.is_prepared():
-        return builder
+    builder = open_builder(name, root)
+    with quiet_absl_warnings():
+        if builder.is_prepared():
+            return builder
     manual_dir = os.path.join(root, "downloads", "manual")
     archive = MANUAL_ARCHIVES.get(name)
     if archive and os.path.exists(os.path.join(manual_dir, archive)):
