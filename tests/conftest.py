@@ -105,3 +105,14 @@ def offline_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     return cache
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    """(ResNet-20, its variables with non-trivial BatchNorm statistics), for checkpoint and predict tests."""
+    from checkpoint_helpers import random_variables
+
+    from resnet_jax import create_model
+
+    model = create_model("resnet20")
+    return model, random_variables(model)

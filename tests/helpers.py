@@ -3,6 +3,7 @@
 Fixtures live in conftest.py (`data_dir`, the session's `compilation_cache`); these are plain functions.
 """
 
+import io
 import os
 import subprocess
 import sys
@@ -116,3 +117,16 @@ def write_image_folder(root: Path, num_train: int = 64, num_test: int = 20, seed
             folder = root / split / CLASSES[i % len(CLASSES)]
             folder.mkdir(parents=True, exist_ok=True)
             Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+
+
+def encode_image(arr: np.ndarray, fmt: str = "JPEG", **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def smooth_image(h: int, w: int, seed: int = 0) -> np.ndarray:
+    """A smooth colour image (JPEG-friendly, so decode paths can be compared closely)."""
+    y, x = np.mgrid[0:h, 0:w] / max(h, w)
+    phase = np.random.default_rng(seed).uniform(0, 6, 3)
+    return np.stack([127 + 100 * np.sin(4 * x + 3 * y + p) for p in phase], -1).astype(np.uint8)
