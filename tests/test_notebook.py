@@ -55,6 +55,23 @@ def test_install_cell_off_a_checkout_fails_in_one_line_on_a_placeholder_url(tmp_
     assert list(tmp_path.iterdir()) == []  # nothing cloned or installed
 
 
+def test_offline_error_names_the_notebooks_data_dir(tmp_path, monkeypatch):
+    """Run offline without the data, the notebook's data cell fails in one line naming DATA_DIR, the knob
+    the notebook has (not the training program's --config.data_dir)."""
+    from train.data import tfds_data
+
+    nb = json.loads(NOTEBOOK.read_text())
+    cell = next("".join(c["source"]) for c in nb["cells"] if "tfds_data.get_builder(" in "".join(c["source"]))
+    monkeypatch.setenv("RESNET_JAX_OFFLINE", "1")
+    monkeypatch.delenv("TFDS_DATA_DIR", raising=False)
+    with pytest.raises(tfds_data.DatasetUnavailableError) as e:
+        exec(compile(cell, "data-cell", "exec"), {"DATASET": "cifar10", "DATA_DIR": str(tmp_path)})
+    message = str(e.value)
+    assert "\n" not in message and "--config" not in message, message
+    assert "from DATA_DIR" in message and "point DATA_DIR (or TFDS_DATA_DIR) at a directory" in message
+    assert f"put cifar-10-binary.tar.gz in {tmp_path}/downloads/manual/" in message
+
+
 def test_notebook_runs(tmp_path, monkeypatch):
     from train.data.testing import write_fake_dataset
 
@@ -79,6 +96,8 @@ def test_notebook_runs(tmp_path, monkeypatch):
     # The kernel inherits this environment: one CPU device (not the suite's 8), and a compilation cache
     # shared by the notebook's commands, as a user's would be.
     monkeypatch.delenv("XLA_FLAGS", raising=False)
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "RESNET_JAX_VERBOSE"):  # the notebook quiets the libraries itself
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
     monkeypatch.setenv("RESNET_JAX_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
@@ -96,6 +115,10 @@ def test_notebook_runs(tmp_path, monkeypatch):
     assert "final: test accuracy" in outputs  # training and fine-tuning finished
     assert "with flip test-time augmentation" in outputs  # train.eval --hflip
     assert f"Skipped: {UNREACHABLE} is not reachable" in outputs
+    # No library start-up logs in the cells, from the kernel (TensorFlow reads the TFRecords for the
+    # prediction grid) or from the commands it runs.
+    for noise in ("absl::InitializeLog()", "oneDNN custom operations", "Unable to initialize backend"):
+        assert noise not in outputs, outputs[-3000:]
     images = [
         o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})
     ]

@@ -174,16 +174,19 @@ def test_ctrl_c_is_acknowledged_at_once_saves_and_exits_130(data_dir, tmp_path):
     assert math.isfinite(json.loads(metrics_file.read_text().splitlines()[-1])["loss"])
 
 
+@pytest.mark.parametrize("file_format", ["tfrecord", "array_record"])
 @pytest.mark.parametrize("damage", ["dataset_info", "records"])
-def test_damaged_tfds_copy_is_one_clear_error(tmp_path, damage):
+def test_damaged_tfds_copy_is_one_clear_error(tmp_path, damage, file_format):
     from train.data import tfds_data
 
-    write_fake_dataset(str(tmp_path), num_train=16, num_test=8)
+    write_fake_dataset(str(tmp_path), num_train=16, num_test=8, file_format=file_format)
     version_dir = tmp_path / "fake_cifar" / "1.0.0"
     if damage == "dataset_info":
         (version_dir / "dataset_info.json").write_text("{not json")
     else:
-        for f in version_dir.glob("*.tfrecord*"):
+        records = list(version_dir.glob(f"*.{file_format}*"))
+        assert records
+        for f in records:
             f.write_bytes(b"\x00garbage" * 64)
     with pytest.raises(tfds_data.DatasetUnavailableError, match="damaged") as e:
         builder = tfds_data.get_builder("fake_cifar", str(tmp_path))

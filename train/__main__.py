@@ -8,14 +8,11 @@ says how to resume); 2 bad command line; 3 training diverged (the good checkpoin
 once when it came before the first step or a second time: rerun to resume.
 """
 
-import os
 import shlex
 import signal
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -27,6 +24,11 @@ config_flags.DEFINE_config_file(
     "config", None, "Training config file, e.g. configs/cifar10_resnet20.py.", lock_config=True
 )
 flags.mark_flags_as_required(["config"])
+flags.DEFINE_bool(
+    "verbose",
+    False,
+    "Also print other libraries' start-up logs (TensorFlow, XLA, tfds, orbax); RESNET_JAX_VERBOSE=1 too.",
+)
 
 EXIT_DIVERGED = 3
 
@@ -53,8 +55,9 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    # orbax logs every save at INFO through absl; keep the console to the progress bar and results.
-    logging.set_verbosity(logging.WARNING)
+    from resnet_jax.logs import quiet_logs
+
+    quiet_logs(FLAGS.verbose)  # before TensorFlow loads or a JAX backend starts
     import jax
 
     from resnet_jax.compilation_cache import enable_compilation_cache

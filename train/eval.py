@@ -18,7 +18,6 @@ top-5 are printed; timm publishes the figures to compare with.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Any
 
@@ -160,15 +159,15 @@ def format_result(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str]) -> None:
-    from absl import flags, logging
+    from absl import flags
+
+    from resnet_jax.compilation_cache import enable_compilation_cache
+    from resnet_jax.logs import quiet_logs
 
     del argv
-    # orbax and tfds log at INFO through absl; the result is the one line this prints.
-    logging.set_verbosity(logging.WARNING)
-    from resnet_jax.compilation_cache import enable_compilation_cache
-
-    enable_compilation_cache()  # RESNET_JAX_CACHE_DIR=off disables it
     f = flags.FLAGS
+    quiet_logs(f.verbose)  # the result is the one line this prints
+    enable_compilation_cache()  # RESNET_JAX_CACHE_DIR=off disables it
     try:
         if (f.workdir is None) == (f.pretrained is None):
             raise ValueError("pass either --workdir (a training run) or --pretrained (weights to evaluate)")
@@ -201,11 +200,13 @@ def _define_flags() -> None:
     )
     flags.DEFINE_string("eval_dir", None, "Image folder to evaluate on (default: the run's eval_dir).")
     flags.DEFINE_bool("hflip", False, "Also report accuracy with flip test-time augmentation.")
+    flags.DEFINE_bool(
+        "verbose", False, "Also print other libraries' start-up logs (RESNET_JAX_VERBOSE=1 too)."
+    )
 
 
 if __name__ == "__main__":
     from absl import app
 
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     _define_flags()
     app.run(main)

@@ -147,6 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--top", type=int, default=5, help="classes to print per image (default 5)")
     parser.add_argument("images", nargs="+", help="image files (any size; PNG, JPEG, ...)")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print JAX's and XLA's start-up logs (RESNET_JAX_VERBOSE=1 too)",
+    )
     args = parser.parse_args(argv)
     if args.arch is not None and args.pretrained is None:
         parser.error("--arch goes with --pretrained FILE")
@@ -154,7 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--step goes with --workdir")
 
     from resnet_jax.checkpoint import CheckpointError
+    from resnet_jax.logs import quiet_logs
 
+    quiet_logs(args.verbose)  # before the JAX backend starts
     try:
         results = predict_files(
             args.images,

@@ -91,13 +91,10 @@ def _checked_folders(config: Any) -> tuple[ImageFolder, ImageFolder]:
 def _tfds_array_record_sources(config: Any) -> tuple[RandomAccessSource, RandomAccessSource]:
     data_dir = tfds_data.resolve_data_dir(config.data_dir)
     builder = tfds_data.open_builder(config.dataset, data_dir)  # an unknown name, damaged metadata
-    try:
-        with tfds_data.quiet_absl_warnings():  # download=False: never minutes of offline retries
-            train, test = tfds_sources(config.dataset, data_dir, config.train_split, config.eval_split)
+    try:  # download=False: never minutes of offline retries
+        train, test = tfds_sources(config.dataset, data_dir, config.train_split, config.eval_split)
     except Exception as e:  # tfds raises several types for a missing or TFRecord-only dataset
-        with tfds_data.quiet_absl_warnings():
-            prepared = builder.is_prepared()
-        if not prepared:
+        if not builder.is_prepared():
             raise tfds_data.DatasetUnavailableError(
                 f"dataset {config.dataset!r} is not prepared: tfds looked for {builder.data_dir} and did "
                 f"not find it (data_dir {data_dir}, from config.data_dir, else $TFDS_DATA_DIR, else "
