@@ -175,7 +175,7 @@ def test_ctrl_c_is_acknowledged_at_once_saves_and_exits_130(data_dir, tmp_path):
 
 
 @pytest.mark.parametrize("file_format", ["tfrecord", "array_record"])
-@pytest.mark.parametrize("damage", ["dataset_info", "records"])
+@pytest.mark.parametrize("damage", ["dataset_info", "records", "truncated"])
 def test_damaged_tfds_copy_is_one_clear_error(tmp_path, damage, file_format):
     from train.data import tfds_data
 
@@ -187,7 +187,8 @@ def test_damaged_tfds_copy_is_one_clear_error(tmp_path, damage, file_format):
         records = list(version_dir.glob(f"*.{file_format}*"))
         assert records
         for f in records:
-            f.write_bytes(b"\x00garbage" * 64)
+            data = f.read_bytes()
+            f.write_bytes(data[: len(data) // 2] if damage == "truncated" else b"\x00garbage" * 64)
     with pytest.raises(tfds_data.DatasetUnavailableError, match="damaged") as e:
         builder = tfds_data.get_builder("fake_cifar", str(tmp_path))
         tfds_data.load_split(builder, "train")

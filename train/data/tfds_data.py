@@ -1,11 +1,12 @@
 """Reading tensorflow-datasets splits into host memory, and failing fast and clearly when that cannot work.
 
 A copy prepared as ArrayRecord (`file_format='array_record'`, what `pipeline='grain'` reads) is read with
-`tfds.data_source` and its PNG/JPEG bytes decoded with PIL: TensorFlow is never imported. A TFRecord copy
-(tfds's default) is read through TensorFlow, which tfds also needs to prepare any dataset. Both give the
-records in the split's stored order; PNG images (CIFAR, MNIST, SVHN, ...) decode to the same bytes
-either way (tests/test_tfds_formats.py). JPEG decodes differ by a few levels in some pixels: TensorFlow's
-decoder uses libjpeg's fast integer IDCT, PIL the accurate one, as the streaming pipeline does.
+`tfds.data_source` and its PNG/JPEG bytes decoded by resnet_jax.images (Pillow): TensorFlow is never
+imported. A TFRecord copy (tfds's default) is read through TensorFlow, which tfds also needs to prepare
+any dataset. Both give the records in the split's stored order; PNG images (CIFAR, MNIST, SVHN, ...)
+decode to the same bytes either way (tests/test_tfds_formats.py). JPEG decodes differ by a few levels in
+some pixels: TensorFlow's decoder uses libjpeg's fast integer IDCT, Pillow the accurate one, as the
+streaming pipeline does.
 
 Offline, tfds would retry a download for minutes: an unprepared dataset whose download host is
 unreachable is an error at once, saying how to provide the data.
@@ -13,13 +14,12 @@ unreachable is an error at once, saying how to provide the data.
 
 from __future__ import annotations
 
-import io
 import os
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
+from resnet_jax import images as image_files
 from train.data import sources
 
 # The archives the tfds builders fetch; when one sits in <data_dir>/downloads/manual/ tfds uses it
@@ -208,23 +208,23 @@ def _read_tfrecord(builder: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, np.concatenate([c["label"] for c in chunks]).astype(np.int32)
 
 
-# PIL modes giving the channel counts TensorFlow's decode_image(channels=C) gives.
-_PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
-
-
 def _read_array_record(builder: Any, split: str, chunk: int = 10_000) -> tuple[np.ndarray, np.ndarray]:
-    """The split through tfds's ArrayRecord data source, its encoded images decoded by PIL."""
+    """The split through tfds's ArrayRecord data source, its encoded images decoded by resnet_jax.images
+    in stored orientation (as TensorFlow's decode_image, which reads no EXIF)."""
     tfds = _tfds()
     name = builder.info.name
     channels = builder.info.features["image"].shape[-1]
-    if channels not in _PIL_MODES:
+    if channels not in (1, 3):
         raise DatasetUnavailableError(
-            f"{name}'s images have {channels} channels; the in-memory pipeline reads 1, 3 or 4"
+            f"{name}'s images have {channels} channels; the in-memory pipeline reads 1 or 3 from ArrayRecord"
         )
     source = builder.as_data_source(split, decoders={"image": tfds.decode.SkipDecoding()})
+    try:
+        sources.check_record_files(source)  # a truncated or overwritten file, named as pipeline='grain' does
+    except ValueError as e:
+        raise DatasetUnavailableError(str(e)) from None
     n = len(source)
     images, labels = None, np.empty(n, np.int32)
-    mode = _PIL_MODES[channels]
     for start in range(0, n, chunk):
         try:
             records = source.__getitems__(list(range(start, min(n, start + chunk))))
@@ -232,11 +232,12 @@ def _read_array_record(builder: Any, split: str, chunk: int = 10_000) -> tuple[n
             raise DatasetUnavailableError(sources.read_error(source, start, e)) from None
         for i, record in enumerate(records, start):
             try:
-                with Image.open(io.BytesIO(record["image"])) as encoded:
-                    image = np.asarray(encoded if encoded.mode == mode else encoded.convert(mode), np.uint8)
-            except (OSError, ValueError, SyntaxError) as e:  # PIL: not an image, truncated
+                if not isinstance(record["image"], bytes):  # what tfds makes of a record cut short
+                    raise image_files.DataError(f"record {i} holds no image bytes")
+                rgb = image_files.to_rgb_array(image_files.open_image(record["image"], f"{name}[{i}]"))
+            except image_files.DataError as e:
                 raise DatasetUnavailableError(sources.read_error(source, i, e)) from None
-            image = image.reshape(*image.shape[:2], channels)
+            image = rgb if channels == 3 else rgb[..., :1]  # grayscale: Pillow's RGB repeats the level
             if images is None:
                 images = np.empty((n, *image.shape), np.uint8)
             elif image.shape != images.shape[1:]:
