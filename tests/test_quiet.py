@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from resnet_jax.logs import VERBOSE_ENV, quiet_logs
-from tests.helpers import REPO, cached_env, smoke_command, write_image_folder
+from tests.helpers import REPO, smoke_command, write_image_folder
 from train import metrics as metrics_lib
 from train.data.testing import write_fake_dataset
 
@@ -28,8 +28,9 @@ NOISE = (
 SET_BY_QUIET = (VERBOSE_ENV, "TF_CPP_MIN_LOG_LEVEL", "TF_ENABLE_ONEDNN_OPTS", "GRPC_VERBOSITY")
 
 
-def _env(base=None):
-    return {k: v for k, v in (base or os.environ).items() if k not in SET_BY_QUIET}
+def _env():
+    """This environment (the session's compilation cache included) without what quiet_logs sets."""
+    return {k: v for k, v in os.environ.items() if k not in SET_BY_QUIET}
 
 
 def _run(command, env, timeout=600):
@@ -56,16 +57,14 @@ def _tensorflow_modules(stderr: str) -> list[str]:
 
 
 @pytest.mark.slow
-def test_tfds_run_on_array_record_never_imports_tensorflow_and_eval_on_tfrecord_agrees(
-    tmp_path, compilation_cache
-):
+def test_tfds_run_on_array_record_never_imports_tensorflow_and_eval_on_tfrecord_agrees(tmp_path):
     """A smoke run on the ArrayRecord copy: no TensorFlow, no library logs. Its checkpoint evaluated on a
     TFRecord copy of the same records (TensorFlow decodes there) gives the figures the run logged."""
     data = {f: tmp_path / f for f in ("array_record", "tfrecord")}
     for file_format, data_dir in data.items():
         write_fake_dataset(str(data_dir), num_train=64, num_test=20, file_format=file_format)
     workdir = tmp_path / "run"
-    env = _env(cached_env(compilation_cache))
+    env = _env()
     command = smoke_command(workdir, data["array_record"])
     out = _run([command[0], "-X", "importtime", *command[1:]], env)
     assert out.returncode == 0, _console(out.stderr)[-3000:]
@@ -84,7 +83,7 @@ def test_tfds_run_on_array_record_never_imports_tensorflow_and_eval_on_tfrecord_
 
 
 @pytest.mark.slow
-def test_folder_run_with_grain_workers_imports_no_tensorflow_and_is_quiet(tmp_path, compilation_cache):
+def test_folder_run_with_grain_workers_imports_no_tensorflow_and_is_quiet(tmp_path):
     write_image_folder(tmp_path / "images")
     command = [
         *smoke_command(tmp_path / "run", tmp_path / "unused"),
@@ -95,7 +94,7 @@ def test_folder_run_with_grain_workers_imports_no_tensorflow_and_is_quiet(tmp_pa
         "--config.num_classes=4",
         "--config.num_workers=2",
     ]
-    out = _run([command[0], "-X", "importtime", *command[1:]], _env(cached_env(compilation_cache)))
+    out = _run([command[0], "-X", "importtime", *command[1:]], _env())
     assert out.returncode == 0, _console(out.stderr)[-3000:]
     assert "final: test accuracy" in out.stdout  # our own lines stay
     assert _imported(out.stderr).count("grain") >= 2, "the worker processes' imports must be listed too"
