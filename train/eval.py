@@ -154,8 +154,9 @@ def format_result(result: dict[str, Any]) -> str:
     )
     if "accuracy_hflip" in result:
         text += f"; with flip test-time augmentation {result['accuracy_hflip']:.4f}"
-    where = f"step {result['step']}" if "step" in result else "pretrained"
-    return f"{text} ({result['checkpoint']}, {where})"
+    if "step" in result:
+        return f"{text} (checkpoint {result['checkpoint']}, step {result['step']})"
+    return f"{text} ({result['checkpoint']})"
 
 
 def main(argv: list[str]) -> None:
