@@ -6,8 +6,8 @@ XLA_FLAGS removed), holding what a reader has at that point:
   - `cat.jpg`, `truck.png`: small images; `resnet50.pth`: a torchvision ResNet-50 state dict and
     `~/.keras/models/resnet50_weights_tf_dim_ordering_tf_kernels.h5`: a Keras ResNet50 weights file, both
     with random weights standing in for the downloaded ones (made when a block names them);
-  - tfds's CIFAR-10 already prepared: TFDS_DATA_DIR is the offline copy (`offline_cifar10` fixture), and
-    RESNET_JAX_OFFLINE=1.
+  - tfds's CIFAR-10 already prepared: TFDS_DATA_DIR is the offline copy (`offline_cifar10` fixture);
+    RESNET_JAX_OFFLINE=1 and HF_HUB_OFFLINE=1: nothing is downloaded.
 Placeholders, in python blocks too: DATA_DIR -> that copy; RUN_DIR -> a copy of a finished run of
 configs/cifar10_fast.py (shortened as below); CKPT -> a ResNet-18 checkpoint of random weights
 (tests/tiny_checkpoint.py); IMAGE_DIR -> train/ and val/ folders of random 32x32 JPEGs, 10 classes;
@@ -151,7 +151,7 @@ def stand_ins(tmp_path_factory, offline_cifar10):
         kept = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
         path = f"{os.path.dirname(sys.executable)}{os.pathsep}{kept.get('PATH', '')}"  # `python` is this one
         return {**kept, "PATH": path, "HOME": str(home), "TFDS_DATA_DIR": offline_cifar10("tfds"),
-                "RESNET_JAX_OFFLINE": "1", "MPLBACKEND": "Agg"}  # fmt: skip
+                "RESNET_JAX_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}  # fmt: skip
 
     def run(args: list[str], **extra: str) -> None:
         done = subprocess.run(args, cwd=reader_view(root / "view"), env={**env(root), **extra},
