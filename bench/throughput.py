@@ -36,14 +36,14 @@ flags.DEFINE_integer("steps", 30, "Training steps per measurement.")
 flags.mark_flags_as_required(["config"])
 
 
-def bare_step_img_per_sec(config, steps: int) -> float:
+def bare_step_img_per_sec(config, num_steps: int) -> float:
     """img/s of the jitted train step alone on a fixed device-resident batch (after one warm-up call)."""
     import common
     import jax
     import jax.numpy as jnp
     import numpy as np
 
-    from train import optim
+    from train import optim, steps
     from train.configuration import build_model
 
     mesh = steps.make_mesh()
@@ -76,10 +76,10 @@ def bare_step_img_per_sec(config, steps: int) -> float:
     state, m = step(state, batch, key)
     jax.block_until_ready(m)
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(num_steps):
         state, m = step(state, batch, key)
     jax.block_until_ready(m)
-    return steps * config.batch_size / (time.perf_counter() - start)
+    return num_steps * config.batch_size / (time.perf_counter() - start)
 
 
 def full_program_img_per_sec(config, steps: int) -> float:
