@@ -13,6 +13,7 @@ from resnet_jax.compilation_cache import enable_compilation_cache
 from resnet_jax.models import ResNet
 from resnet_jax.predict import make_predict_fn
 from resnet_jax.registry import available_models, create_model
+from resnet_jax.xla_flags import set_xla_cpu_defaults
 
 __all__ = [
     "BasicBlock",
@@ -31,4 +32,5 @@ __all__ = [
     "load_meta",
     "make_predict_fn",
     "save_checkpoint",
+    "set_xla_cpu_defaults",
 ]

@@ -88,11 +88,14 @@ def evaluate(
 def main(argv: list[str]) -> None:
     from absl import flags, logging
 
+    from resnet_jax.compilation_cache import enable_compilation_cache
+    from resnet_jax.xla_flags import set_xla_cpu_defaults
+
     del argv
+    set_xla_cpu_defaults()  # before JAX starts its backend; a flag the user set in XLA_FLAGS wins
     # orbax and tfds log at INFO through absl; the result is the one line this prints.
     logging.set_verbosity(logging.WARNING)
     tfds_data.hide_gpus_from_tensorflow()
-    from resnet_jax.compilation_cache import enable_compilation_cache
 
     enable_compilation_cache()  # RESNET_JAX_CACHE_DIR=off disables it
     flags_ = flags.FLAGS

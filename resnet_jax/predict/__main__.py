@@ -120,7 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from resnet_jax.checkpoint import CheckpointError
     from resnet_jax.compilation_cache import enable_compilation_cache
+    from resnet_jax.xla_flags import set_xla_cpu_defaults
 
+    set_xla_cpu_defaults()  # before JAX starts its backend; a flag the user set in XLA_FLAGS wins
     enable_compilation_cache()  # RESNET_JAX_CACHE_DIR=off disables it
     try:
         results = predict_files(args.workdir, args.images, step=args.step, k=max(args.top, 1))
