@@ -20,6 +20,8 @@ Measured, each as the median img/s of `--windows` timed windows of `--steps` ste
   first_step_s:        wall time to the end of the first step (JAX: compile_s + one step; PyTorch:
                        one eager step including oneDNN's primitive creation).
   peak_rss_mib:        ru_maxrss of this process.
+JAX runs with the XLA:CPU defaults of `python -m train` (resnet_jax.xla_flags) added to XLA_FLAGS,
+except those XLA_FLAGS sets itself; the record's `xla_flags` is what XLA read.
 With --smoke, JAX runs a tiny stand-in of the same block type (common.smoke_model): a check that the
 script works, not a measurement.
 """
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
 import sys
 import time
 from pathlib import Path
@@ -254,6 +257,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     threads = common.pin_threads(args.threads)
+    if args.framework == "jax":
+        from resnet_jax.xla_flags import set_xla_cpu_defaults
+
+        set_xla_cpu_defaults()  # as `python -m train` runs: its XLA:CPU defaults unless XLA_FLAGS sets them
     load_before = common.loadavg()
     t0 = time.perf_counter()
     out = bench_jax(args) if args.framework == "jax" else bench_torch(args, threads)
@@ -265,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         "batch": args.batch,
         "image_size": IMAGE_SIZE[args.model],
         "threads": threads,
+        "xla_flags": os.environ.get("XLA_FLAGS", "") if args.framework == "jax" else None,
         "channels_last": args.channels_last,
         "smoke": args.smoke,
         "steps": args.steps,

@@ -9,7 +9,8 @@ Runs bench/matmul_peak.py, then bench/cpu.py once per (model, dtype, framework),
 the same thread count, then the GEMM peak again (the better of the two is used). The tables give medians
 over timed windows and the load average around each run: the machine may be shared, and a busy machine
 lowers every figure (PyTorch's OpenMP pool more than XLA's), so compare runs made at low load. XLA_FLAGS
-set in the environment reach every JAX process.
+set in the environment reach every JAX process; bench/cpu.py adds the training program's XLA:CPU defaults
+(resnet_jax.xla_flags) to those it does not set, as `python -m train` does (each record's `xla_flags`).
 """
 
 from __future__ import annotations

@@ -99,7 +99,10 @@ def full_program_img_per_sec(config, steps: int) -> float:
 
 
 def main(argv):
+    from resnet_jax.xla_flags import set_xla_cpu_defaults
+
     del argv
+    set_xla_cpu_defaults()  # as `python -m train` runs: its XLA:CPU defaults unless XLA_FLAGS sets them
     logging.set_verbosity(logging.WARNING)
     config = FLAGS.config
     bare_a = bare_step_img_per_sec(config, FLAGS.steps)

@@ -14,6 +14,7 @@ from resnet_jax.hub import available_pretrained, pretrained
 from resnet_jax.models import ResNet
 from resnet_jax.predict import make_predict_fn
 from resnet_jax.registry import available_models, create_model
+from resnet_jax.xla_flags import set_xla_cpu_defaults
 
 __all__ = [
     "BasicBlock",
@@ -36,4 +37,5 @@ __all__ = [
     "make_predict_fn",
     "pretrained",
     "save_checkpoint",
+    "set_xla_cpu_defaults",
 ]

@@ -23,6 +23,12 @@ os.environ.setdefault("RESNET_JAX_CACHE_DIR", "off")
 with contextlib.suppress(ImportError):
     import triton  # noqa: F401
 
+# The programs' XLA:CPU defaults (resnet_jax.xla_flags), as `python -m train` adds them: in-process runs
+# then compute bitwise what the suite's CLI subprocesses compute (test_resume compares the two).
+from resnet_jax.xla_flags import set_xla_cpu_defaults
+
+set_xla_cpu_defaults()
+
 # On CI every test must run: a skip there means a broken install (../shared missing, torch or keras not
 # installed, a bench module that fails to import), which must fail the run instead of passing it green.
 _skipped: list[str] = []

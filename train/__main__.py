@@ -8,12 +8,21 @@ says how to resume); 2 bad command line; 3 training diverged (the good checkpoin
 once when it came before the first step or a second time: rerun to resume.
 """
 
+import os
 import shlex
 import signal
 import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+# Variables that change what a run computes or how fast (JAX's and XLA's settings, the data and cache
+# locations, resnet_jax's own): the resume command repeats those the user started with.
+RESUME_ENV = ("XLA_FLAGS", "LIBTPU_INIT_ARGS", "TFDS_DATA_DIR", "CUDA_VISIBLE_DEVICES", "XDG_CACHE_HOME")
+RESUME_ENV_PREFIXES = ("JAX_", "XLA_PYTHON_CLIENT_", "RESNET_JAX_")
+# Read before this program adds anything (its XLA:CPU defaults): a resumed run adds them again itself.
+STARTED_WITH = {k: v for k, v in os.environ.items() if k in RESUME_ENV or k.startswith(RESUME_ENV_PREFIXES)}
+STARTED_IN = os.getcwd()
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string(
@@ -52,12 +61,27 @@ def parse_flags(argv: list[str]) -> list[str]:
         sys.exit(f"error: cannot load the --config file: {type(e).__name__}: {_innermost(e)}")
 
 
+def resume_command(args: list[str], env: dict[str, str], cwd: str) -> str:
+    """One shell line that reruns this program: `cd CWD && VAR=value ... python -m train ARGS`.
+
+    Args:
+      args: the program's arguments (sys.argv[1:]); relative paths among them need `cwd`.
+      env: the environment variables to set on the line (STARTED_WITH).
+      cwd: the directory the program was started in.
+    """
+    assignments = [f"{k}={shlex.quote(v)}" for k, v in sorted(env.items())]
+    command = shlex.join([sys.executable, "-m", "train", *args])
+    return " ".join([f"cd {shlex.quote(cwd)} &&", *assignments, command])
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     from resnet_jax.logs import quiet_logs
+    from resnet_jax.xla_flags import set_xla_cpu_defaults
 
     quiet_logs(FLAGS.verbose)  # before TensorFlow loads or a JAX backend starts
+    set_xla_cpu_defaults()  # before JAX starts its backend; a flag the user set in XLA_FLAGS wins
     import jax
 
     from resnet_jax.compilation_cache import enable_compilation_cache
@@ -99,8 +123,7 @@ def main(argv: list[str]) -> None:
             raise
         sys.exit(f"error: {no_space(FLAGS.workdir)}")
     if result["stopped_by"] in ("SIGTERM", "SIGINT"):
-        command = shlex.join([sys.executable, "-m", "train", *sys.argv[1:]])
-        print(f"resume with: {command}", flush=True)
+        print(f"resume with: {resume_command(sys.argv[1:], STARTED_WITH, STARTED_IN)}", flush=True)
         sys.exit(128 + signal.Signals[result["stopped_by"]])
 
 

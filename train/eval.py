@@ -164,10 +164,12 @@ def main(argv: list[str]) -> None:
 
     from resnet_jax.compilation_cache import enable_compilation_cache
     from resnet_jax.logs import quiet_logs
+    from resnet_jax.xla_flags import set_xla_cpu_defaults
 
     del argv
     f = flags.FLAGS
     quiet_logs(f.verbose)  # the result is the one line this prints
+    set_xla_cpu_defaults()  # before JAX starts its backend; a flag the user set in XLA_FLAGS wins
     enable_compilation_cache()  # RESNET_JAX_CACHE_DIR=off disables it
     try:
         if (f.workdir is None) == (f.pretrained is None):

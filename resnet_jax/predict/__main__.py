@@ -160,8 +160,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from resnet_jax.checkpoint import CheckpointError
     from resnet_jax.logs import quiet_logs
+    from resnet_jax.xla_flags import set_xla_cpu_defaults
 
     quiet_logs(args.verbose)  # before the JAX backend starts
+    set_xla_cpu_defaults()  # before JAX starts its backend; a flag the user set in XLA_FLAGS wins
     try:
         results = predict_files(
             args.images,
