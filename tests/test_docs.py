@@ -5,7 +5,9 @@ so `python -m train` and `bench/` run from it), with HOME there too and one CPU 
 XLA_FLAGS removed), holding what a reader has at that point:
   - `cat.jpg`, `truck.png`: small images; `resnet50.pth`: a torchvision ResNet-50 state dict and
     `~/.keras/models/resnet50_weights_tf_dim_ordering_tf_kernels.h5`: a Keras ResNet50 weights file, both
-    with random weights standing in for the downloaded ones (made when a block names them);
+    with random weights standing in for the downloaded ones (made when a block names them); each
+    pretrained name a block uses (`resnet50.a1_in1k`, ...): timm's model of random weights published into
+    the Hugging Face cache the blocks read (tests/hub_cache.py);
   - tfds's CIFAR-10 already prepared: TFDS_DATA_DIR is the offline copy (`offline_cifar10` fixture);
     RESNET_JAX_OFFLINE=1 and HF_HUB_OFFLINE=1: nothing is downloaded.
 Placeholders, in python blocks too: DATA_DIR -> that copy; RUN_DIR -> a copy of a finished run of
@@ -33,8 +35,11 @@ import sys
 import tomllib
 
 import docs_blocks as db
+import hub_cache
 import pytest
 from tiny_checkpoint import save_tiny_checkpoint
+
+from resnet_jax import available_pretrained
 
 BLOCKS = db.blocks()
 RUN = [b for b in BLOCKS if b.not_run is None]
@@ -43,7 +48,11 @@ NOT_RUN = {
     ("docs/multihost.md", "one command per host of a TPU pod or a SLURM cluster"),
     ("docs/streaming.md", "needs ImageNet's tar files, 150 GB"),
     ("docs/weights.md", "downloads ImageNet weights from download.pytorch.org and storage.googleapis.com"),
+    ("docs/pretrained.md", "downloads from the Hugging Face Hub"),
+    ("README.md", "runs the whole notebook: tests/test_notebook.py runs it with short settings"),
+    ("docs/pretrained.md", "needs ImageNet validation, 6.4 GB"),
 }
+HUB_NAMES = available_pretrained()
 KERAS_FILE = ".keras/models/resnet50_weights_tf_dim_ordering_tf_kernels.h5"
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
@@ -78,6 +87,8 @@ def test_pip_lines_name_extras_that_exist():
     pip_lines = [c for b in BLOCKS for c in db.commands(b.code) if db.kind(c) == "pip"]
     assert pip_lines
     for command in pip_lines:
+        if " -e " not in f" {command} ":
+            continue  # other projects' packages (PyTorch's CPU build)
         named = db.pip_extras(command)
         assert named and set(named) <= extras, f"{command!r}: extras {named}, pyproject has {sorted(extras)}"
     prose = re.findall(r"\.\[([\w-]+)\]", "\n".join(p.read_text() for p in db.PAGES))
@@ -150,8 +161,9 @@ def stand_ins(tmp_path_factory, offline_cifar10):
     def env(home) -> dict[str, str]:
         kept = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "PYTHONPATH")}
         path = f"{os.path.dirname(sys.executable)}{os.pathsep}{kept.get('PATH', '')}"  # `python` is this one
-        return {**kept, "PATH": path, "HOME": str(home), "TFDS_DATA_DIR": offline_cifar10("tfds"),
-                "RESNET_JAX_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "MPLBACKEND": "Agg"}  # fmt: skip
+        data = {"TFDS_DATA_DIR": offline_cifar10("tfds"), "RESNET_JAX_OFFLINE": "1"}
+        hub = hub_cache.offline_env(root / "hf")
+        return {**kept, **data, **hub, "PATH": path, "HOME": str(home), "MPLBACKEND": "Agg"}
 
     def run(args: list[str], **extra: str) -> None:
         done = subprocess.run(args, cwd=reader_view(root / "view"), env={**env(root), **extra},
@@ -174,6 +186,8 @@ def stand_ins(tmp_path_factory, offline_cifar10):
                 write_image_folders(path)
             elif name == "resnet50.pth":
                 run([sys.executable, "-c", TORCH_WEIGHTS, str(path)])
+            elif name in HUB_NAMES:
+                path = hub_cache.publish(root / "hf", name, hub_cache.timm_model(name))
             elif name == KERAS_FILE:
                 run([sys.executable, "-c", KERAS_WEIGHTS, str(path)], KERAS_BACKEND="jax")
             else:
@@ -207,14 +221,17 @@ def prepare(block, stand_ins, directory):
         if name == "RUN_DIR":  # each block gets its own copy: a block may resume or extend the run
             value = str(shutil.copytree(value, directory / "run_dir", symlinks=True))
         values[name] = value
+    for name in HUB_NAMES:
+        if re.search(rf"(?<![\w.]){re.escape(name)}(?![\w.])", block.code):
+            stand_ins(name)  # published into the Hugging Face cache the blocks read offline
+    if "resnet50.pth" in block.code:
+        (directory / "resnet50.pth").symlink_to(stand_ins("resnet50.pth"))
     if block.lang == "bash":
         from PIL import Image
 
         for image, size in (("cat.jpg", (48, 64)), ("truck.png", (40, 30))):  # any size: they are resized
             if image in block.code:
                 Image.new("RGB", size, (200, 120, 40)).save(directory / image)
-        if "resnet50.pth" in block.code:
-            (directory / "resnet50.pth").symlink_to(stand_ins("resnet50.pth"))
         if KERAS_FILE.rsplit("/", 1)[1] in block.code:
             (home / KERAS_FILE).parent.mkdir(parents=True)
             (home / KERAS_FILE).symlink_to(stand_ins(KERAS_FILE))
