@@ -68,6 +68,7 @@ def default_in_effect(reported: set[str]) -> bool:
     return reported != ours  # nothing added: XLA's own default, and no abort
 
 
+@pytest.mark.slow
 def test_train_runs_with_the_default_as_xla_reports_it(stopped_and_resumed):
     dump = stopped_and_resumed["first_dump"]
     assert default_in_effect(reported_fusion_types(dump, TRAIN_MODULE))
@@ -75,6 +76,7 @@ def test_train_runs_with_the_default_as_xla_reports_it(stopped_and_resumed):
     assert '"kind":"__ynn_fusion"' in optimised  # YNNPACK runs parts of the train step
 
 
+@pytest.mark.slow
 def test_resume_line_carries_the_environment_and_resumes(stopped_and_resumed):
     line, resumed = stopped_and_resumed["line"], stopped_and_resumed["resumed"]
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
@@ -90,6 +92,7 @@ def test_resume_line_carries_the_environment_and_resumes(stopped_and_resumed):
     assert not (stopped_and_resumed["home"] / ".cache" / "resnet_jax" / "jax").exists()
 
 
+@pytest.mark.slow
 def test_a_users_own_value_wins(stopped_and_resumed, tmp_path):
     from PIL import Image
 
