@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import REPO, cached_env, start_training, write_image_folder
+from tests.helpers import REPO, start_training, write_image_folder
 
-pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("compilation_cache")]
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -57,13 +57,13 @@ def _wait_for_a_checkpoint(proc: subprocess.Popen, workdir: Path) -> dict[Path, 
     ],
 )
 def test_a_file_that_goes_bad_mid_run_is_one_line_and_keeps_the_checkpoints(
-    folder, tmp_path, compilation_cache, fault, workers, expected
+    folder, tmp_path, fault, workers, expected
 ):
     workdir = tmp_path / "run"
     flags = (f"--config.num_workers={workers}", "--config.num_train_steps=100000",
              "--config.eval_every_steps=-1", "--config.checkpoint_every_steps=2",
              "--config.keep_checkpoints=100000")  # fmt: skip
-    proc = start_training(command(folder, workdir, *flags), workdir, cached_env(compilation_cache))
+    proc = start_training(command(folder, workdir, *flags), workdir, dict(os.environ))
     saved = _wait_for_a_checkpoint(proc, workdir)
     victims = sorted((folder / "train" / "cat").iterdir())  # 16 of the 64: read within an epoch
     for path in victims:
@@ -106,10 +106,10 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc (Linux)")
-def test_worker_processes_die_with_a_sigkilled_run(folder, tmp_path, compilation_cache):
+def test_worker_processes_die_with_a_sigkilled_run(folder, tmp_path):
     workdir = tmp_path / "run"
     flags = ("--config.num_workers=2", "--config.num_train_steps=100000", "--config.eval_every_steps=-1")
-    proc = start_training(command(folder, workdir, *flags), workdir, cached_env(compilation_cache))
+    proc = start_training(command(folder, workdir, *flags), workdir, dict(os.environ))
     assert proc.poll() is None, proc.stdout.read()
     children = _children(proc.pid)
     workers = [c for c in children if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text()]
@@ -122,14 +122,12 @@ def test_worker_processes_die_with_a_sigkilled_run(folder, tmp_path, compilation
     assert not [c for c in children if _alive(c)], "processes of the killed run are still alive"
 
 
-def test_a_run_that_skips_bad_files_warns_once_and_leaks_no_shared_memory(
-    folder, tmp_path, compilation_cache
-):
+def test_a_run_that_skips_bad_files_warns_once_and_leaks_no_shared_memory(folder, tmp_path):
     (folder / "train" / "cat" / "004.png").write_text("not an image")
     shutil.rmtree(tmp_path / "run", ignore_errors=True)
     out = subprocess.run(
         command(folder, tmp_path / "run", "--config.num_workers=2", "--config.skip_bad_images=True"),
-        cwd=REPO, env=cached_env(compilation_cache), capture_output=True, text=True, timeout=600,
+        cwd=REPO, env=dict(os.environ), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     warnings = [line for line in out.stderr.splitlines() if line.startswith("warning:")]
