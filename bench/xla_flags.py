@@ -40,7 +40,8 @@ sys.path.insert(0, str(common.REPO))
 YNN = "--xla_cpu_experimental_ynn_fusion_type"
 # XLA's default list for this flag (jaxlib 0.10.2) is individual_dot,individual_convolution: YNNPACK runs
 # each dot and each convolution with more than 16 input or output channels. A list without +/- prefixes
-# replaces it; a list of +/- items edits it.
+# replaces it; a list of +/- items edits it. Spelling the default list out is not the default (the logits
+# differ): '+individual_dot' keeps it bitwise.
 CANDIDATES = {
     "xla_default": "",
     "fusions": f"{YNN}=dot,eltwise,reduce",

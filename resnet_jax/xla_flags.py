@@ -30,11 +30,12 @@ import warnings
 
 from resnet_jax.compilation_cache import default_cache_dir
 
-# flag -> value. XLA's own default for this flag (jaxlib 0.10.2) is individual_dot,individual_convolution;
-# a list without +/- replaces it: YNNPACK fuses dots, elementwise ops and reductions, and the convolutions
-# go back to XLA's own (Eigen), whose weight-gradient convolutions at ResNet-20's small channel counts are
-# faster. Measured on a quiet 2-core CPU (docs/benchmarks.md): ResNet-20 training 1.5x XLA's default,
-# evaluation 1.3x, ResNet-50 feature extraction unchanged.
+# flag -> value. XLA's own default for this flag (jaxlib 0.10.2) hands YNNPACK dots and larger
+# convolutions; a list without +/- replaces it (a +/- list edits it). This one: YNNPACK fuses dots,
+# elementwise ops and reductions, and the convolutions go back to XLA's own (Eigen), whose weight-gradient
+# convolutions at ResNet-20's small channel counts are faster. Measured on a quiet 2-core CPU
+# (docs/benchmarks.md): ResNet-20 training 1.5x XLA's default, evaluation 1.3x, ResNet-50 feature
+# extraction unchanged.
 CPU_DEFAULTS = {"xla_cpu_experimental_ynn_fusion_type": "dot,eltwise,reduce"}
 PROBE_TIMEOUT_S = 120
 _PROBE = "import jax; jax.devices('cpu')"

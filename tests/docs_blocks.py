@@ -38,6 +38,7 @@ BENCH_SHORT = {
     "decode.py": ("--images", "64", "--seconds", "0.2", "--batches", "1"),  # one batch of 64 images
     "dispatch.py": ("--steps", "2", "--rounds", "1"),
     "finetune_cache.py": ("--backbone_steps", "2", "--finetune_epochs", "0.01"),
+    "xla_flags.py": ("--smoke",),
 }
 # Appended to `python -m pytest` commands: the selection is checked (paths, marker expressions), not run
 # (the suite inside itself).
