@@ -48,6 +48,7 @@ def test_round_trip_is_bitwise_and_drops_training_state(tmp_path, resnet20):
     assert meta["preprocess"] == CIFAR_SPEC
 
 
+@pytest.mark.slow
 def test_round_trip_bfloat16_params_and_dtype_strings(tmp_path):
     model = create_model("resnet20", num_classes=4, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)
     variables = random_variables(model)

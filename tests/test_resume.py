@@ -39,6 +39,7 @@ def uninterrupted(data_dir, tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_stop_mid_window_and_resume_is_bitwise_identical(data_dir, uninterrupted, tmp_path):
     # Step 5 is between checkpoints (4, 8) and inside a logging window (4..6).
     stopped = train.train_and_evaluate(smoke_config(data_dir, stop_after_steps=5), str(tmp_path))

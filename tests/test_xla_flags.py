@@ -122,9 +122,9 @@ print(json.dumps({"added": added, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")})
 @pytest.mark.parametrize(
     ("defaults", "known"),
     [
-        ({"xla_cpu_enable_fast_min_max": "false"}, True),
+        pytest.param({"xla_cpu_enable_fast_min_max": "false"}, True, marks=pytest.mark.slow),
         ({"xla_cpu_no_such_flag": "1"}, False),
-        ({FLAG: "no_such_fusion_type"}, False),  # a known flag with a value XLA rejects
+        pytest.param({FLAG: "no_such_fusion_type"}, False, marks=pytest.mark.slow),  # a value XLA rejects
     ],
 )
 def test_guard_adds_only_what_this_jaxlib_accepts(defaults, known, tmp_path):
