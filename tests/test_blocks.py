@@ -76,8 +76,12 @@ def test_train_mode_updates_batch_stats_with_pytorch_momentum():
     model = create_model("resnet20")
     variables = init(model)
     x = images()
-    _, inter = model.apply(variables, x, train=False, capture_intermediates=True, mutable=["intermediates"])
-    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    # jitted: op by op, the two passes take longer than compiling them
+    capture = functools.partial(
+        model.apply, train=False, capture_intermediates=True, mutable=["intermediates"]
+    )
+    _, inter = jax.jit(capture)(variables, x)
+    _, updates = jax.jit(functools.partial(model.apply, train=True, mutable=["batch_stats"]))(variables, x)
     stats = updates["batch_stats"]
     assert not jax.tree.all(jax.tree.map(jnp.array_equal, stats, variables["batch_stats"]))
     # PyTorch momentum 0.1 == Flax 0.9: new running mean = 0.9 * 0 + 0.1 * batch mean.

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from resnet_jax.checkpoint import RunCheckpoints
@@ -32,14 +33,46 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(data_dir, tmp_path_factory):
+def uninterrupted_run(data_dir, tmp_path_factory):
+    """(workdir, result) of the smoke config's 12 steps, never stopped."""
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
     result = train.train_and_evaluate(smoke_config(data_dir), workdir)
     assert result["step"] == 12 and result["stopped_by"] is None
-    return workdir
+    return workdir, result
 
 
-@pytest.mark.slow
+@pytest.fixture(scope="module")
+def uninterrupted(uninterrupted_run):
+    return uninterrupted_run[0]
+
+
+def test_an_uninterrupted_run_writes_everything(data_dir, uninterrupted_run):
+    c, tmp_path, result = smoke_config(data_dir), Path(uninterrupted_run[0]), uninterrupted_run[1]
+    assert result["step"] == 12 and result["stopped_by"] is None and 0 <= result["test_accuracy"] <= 1
+    records = metrics_lib.read_metrics(str(tmp_path / "metrics.jsonl"))
+    train_rows = [r for r in records if r["split"] == "train"]
+    test_rows = [r for r in records if r["split"] == "test"]
+    # Step 1 too: the first loss shows as soon as the program has compiled, whatever log_every_steps is.
+    assert [r["step"] for r in train_rows] == [1, 2, 4, 6, 8, 10, 12]
+    assert [r["step"] for r in test_rows] == [6, 12]
+    assert all({"loss", "accuracy", "lr", "img_per_sec"} <= set(r) for r in train_rows)
+    assert all(r["examples"] == 20 for r in test_rows), "eval must count each of the 20 test examples once"
+    assert test_rows[-1]["accuracy"] == result["test_accuracy"]
+    assert (tmp_path / "curves.png").stat().st_size > 1000
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+    assert json.loads((tmp_path / "config.json").read_text())["dataset"] == "fake_cifar"
+    steps = sorted(int(d) for d in os.listdir(tmp_path / "checkpoints") if d.isdigit())
+    # keep_checkpoints=2 latest (8, 12) plus the best-by-accuracy among the evaluated ones (6 or 12).
+    assert steps[-2:] == [8, 12] and set(steps) <= {6, 8, 12}
+    meta = json.loads((tmp_path / "checkpoints" / "12" / "meta" / "metadata").read_text())
+    assert meta["origin"] == "resnet-jax" and meta["model"] == "resnet20" and meta["step"] == 12
+    assert meta["model_kwargs"]["num_classes"] == 10
+    assert meta["preprocess"] == {"kind": "mean_std", "mean": list(c.mean), "std": list(c.std)}
+    restored = ocp.StandardCheckpointer().restore(tmp_path / "checkpoints" / "12" / "state")
+    assert {"params", "batch_stats", "opt_state", "step"} <= set(restored)
+    assert int(restored["step"]) == 12
+
+
 def test_stop_mid_window_and_resume_is_bitwise_identical(data_dir, uninterrupted, tmp_path):
     # Step 5 is between checkpoints (4, 8) and inside a logging window (4..6).
     stopped = train.train_and_evaluate(smoke_config(data_dir, stop_after_steps=5), str(tmp_path))
