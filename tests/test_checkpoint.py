@@ -221,6 +221,7 @@ def test_state_that_does_not_fit_its_meta_lists_keys(tmp_path, resnet20):
         load_checkpoint(path)
 
 
+@pytest.mark.slow
 def test_restore_from_8_devices_onto_1_and_back(tmp_path, resnet20):
     assert jax.device_count() == 8, "tests/conftest.py sets 8 host devices"
     model, variables = resnet20

@@ -166,10 +166,12 @@ def _damage(root: Path, case: str) -> list[str]:
             "train_transform='pad_crop_flip'", "--config.image_size=N"]  # fmt: skip
 
 
+# Two cases in the fast tier, every case in the full tier: each is a CLI run of its own (~3 s).
 @pytest.mark.parametrize(
     "case",
-    ["text file named .png", "0-byte files in train and test", "scrambled JPEG", "truncated JPEG",
-     "self-looping symlink", "an image of another size"],
+    ["text file named .png", "0-byte files in train and test",
+     *(pytest.param(c, marks=pytest.mark.slow)
+       for c in ("scrambled JPEG", "truncated JPEG", "self-looping symlink", "an image of another size"))],
 )  # fmt: skip
 def test_a_bad_folder_is_one_error_line_and_writes_nothing(folder, workdir, case):
     expected = _damage(folder, case)
@@ -235,7 +237,7 @@ def test_skipped_bad_files_are_one_warning_and_left_out_of_the_batches(folder, t
         np.testing.assert_array_equal(a["label"], b["label"])
 
 
-@pytest.mark.parametrize("missing", [False, True])
+@pytest.mark.parametrize("missing", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_grain_over_tfds_without_a_prepared_copy_fails_at_once_creating_nothing(workdir, tmp_path, missing):
     data_dir = tmp_path / "tfds"
     if not missing:
