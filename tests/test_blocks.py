@@ -165,6 +165,7 @@ def test_bn_and_bias_options_reach_the_layers():
     )
 
 
+@pytest.mark.slow
 def test_zero_init_last_bn():
     params = init(create_model("resnet18", zero_init_last_bn=True))["params"]
     assert not params["stage1_block0"]["bn2"]["scale"].any()

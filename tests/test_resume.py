@@ -73,6 +73,19 @@ def test_an_uninterrupted_run_writes_everything(data_dir, uninterrupted_run):
     assert int(restored["step"]) == 12
 
 
+def test_resume_from_a_checkpoint_ends_bitwise_as_the_uninterrupted_run(data_dir, uninterrupted, tmp_path):
+    # The fast tier's resume: a copy of the finished run resumed from its step-8 checkpoint (4 steps).
+    run = shutil.copytree(uninterrupted, tmp_path / "run")
+    resumed = train.train_and_evaluate(smoke_config(data_dir, resume_step=8), str(run))
+    assert resumed["step"] == 12 and resumed["stopped_by"] is None
+    assert (run / "superseded_checkpoints").is_dir()  # the copy's own step 12, set aside
+    a, b = saved_state(uninterrupted, 12), saved_state(run, 12)
+    for key in ("params", "batch_stats", "opt_state", "step"):
+        for x, y in zip(jax.tree.leaves(a[key]), jax.tree.leaves(b[key]), strict=True):
+            np.testing.assert_array_equal(x, y, err_msg=key)
+
+
+@pytest.mark.slow
 def test_stop_mid_window_and_resume_is_bitwise_identical(data_dir, uninterrupted, tmp_path):
     # Step 5 is between checkpoints (4, 8) and inside a logging window (4..6).
     stopped = train.train_and_evaluate(smoke_config(data_dir, stop_after_steps=5), str(tmp_path))

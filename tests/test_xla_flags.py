@@ -123,7 +123,7 @@ print(json.dumps({"added": added, "XLA_FLAGS": os.environ.get("XLA_FLAGS", "")})
     ("defaults", "known"),
     [
         pytest.param({"xla_cpu_enable_fast_min_max": "false"}, True, marks=pytest.mark.slow),
-        ({"xla_cpu_no_such_flag": "1"}, False),
+        pytest.param({"xla_cpu_no_such_flag": "1"}, False, marks=pytest.mark.slow),
         pytest.param({FLAG: "no_such_fusion_type"}, False, marks=pytest.mark.slow),  # a value XLA rejects
     ],
 )
