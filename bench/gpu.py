@@ -10,7 +10,8 @@ Prints one markdown table:
   - resnet50 224x224 bf16 eval img/s, batch 256;
   - resnet20 CIFAR training img/s, batch 128, with the whole uint8 training split on the device: the
     training loop's own per-step program (batch selection + augmentation + step), float32 and bf16;
-  - torchvision resnet50, bf16 autocast (AMP) and channels_last, batch 256, training and eval, same GPU.
+  - torchvision resnet50, bf16 autocast (AMP) and channels_last, batch 256, training and eval, same GPU
+    (bench/gpu_torch.py).
 
 Imports only jax, flax, optax, numpy, resnet_jax and train.train / train.data.memory / train.optim
 (none of which imports tensorflow, tensorflow_datasets or ml_collections at module level), and
@@ -23,7 +24,6 @@ import argparse
 import functools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -32,6 +32,8 @@ from types import SimpleNamespace
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "bench")]
+
+from gpu_torch import bench_torch, median_rate  # noqa: E402  (bench/ is on the path from here on)
 
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
@@ -52,15 +54,6 @@ OPTIM = dict(
     lr_decay_factor=0.1,
     label_smoothing=0.0,
 )
-
-
-def _median_rate(run, batch: int, steps: int, windows: int) -> float:
-    rates = []
-    for _ in range(windows):
-        t0 = time.perf_counter()
-        run(steps)
-        rates.append(batch * steps / (time.perf_counter() - t0))
-    return statistics.median(rates)
 
 
 # ------------------------------------------------------------------------------------------------ JAX
@@ -154,7 +147,7 @@ def jax_resnet50(args, steps: dict, mesh, rng) -> list[dict]:
     run_step(1)
     first = time.perf_counter() - t0
     run_step(args.warmup)
-    train = _median_rate(run_step, b, args.steps, args.windows)
+    train = median_rate(run_step, b, args.steps, args.windows)
     run_eval(1 + args.warmup)
     common = {"fw": "jax", "batch": b, "size": size}
     return [
@@ -162,7 +155,7 @@ def jax_resnet50(args, steps: dict, mesh, rng) -> list[dict]:
         {
             "what": "resnet50 eval (bf16)",
             **common,
-            "img_s": _median_rate(run_eval, b, args.steps, args.windows),
+            "img_s": median_rate(run_eval, b, args.steps, args.windows),
         },
     ]
 
@@ -212,7 +205,7 @@ def jax_resnet20(args, steps: dict, mesh, data, dtype: str) -> dict:
         "fw": "jax",
         "batch": b,
         "size": size,
-        "img_s": _median_rate(run_program, b, n, args.windows),
+        "img_s": median_rate(run_program, b, n, args.windows),
         "first_step_s": first,
     }
 
@@ -244,77 +237,6 @@ def bench_jax(args) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- PyTorch
-
-
-def bench_torch(args) -> list[dict]:
-    import torch
-    import torch.nn.functional as F
-    import torchvision
-
-    device = "cuda" if torch.cuda.is_available() and not args.smoke else "cpu"
-    torch.backends.cudnn.benchmark = True
-    if args.smoke:
-        model = torchvision.models.resnet.ResNet(
-            torchvision.models.resnet.Bottleneck, [1, 1, 1, 1], num_classes=10
-        )
-        size, b, classes = 64, 2, 10
-    else:
-        model, size, b, classes = torchvision.models.resnet50(), 224, 256, 1000
-    model = model.to(device, memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    x = torch.randn(b, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, classes, (b,), device=device)
-
-    def sync():
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    def run_train(k):
-        model.train()
-        for _ in range(k):
-            with torch.autocast(device, dtype=torch.bfloat16):
-                loss = F.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sync()
-
-    @torch.no_grad()
-    def run_eval(k):
-        model.eval()
-        for _ in range(k):
-            with torch.autocast(device, dtype=torch.bfloat16):
-                model(x)
-        sync()
-
-    t0 = time.perf_counter()
-    run_train(1)
-    first = time.perf_counter() - t0
-    run_train(args.warmup)
-    rows = [
-        {
-            "what": "torchvision resnet50 train (bf16 AMP, channels_last)",
-            "fw": "torch",
-            "batch": b,
-            "size": size,
-            "img_s": _median_rate(run_train, b, args.steps, args.windows),
-            "first_step_s": first,
-        }
-    ]
-    run_eval(1 + args.warmup)
-    rows.append(
-        {
-            "what": "torchvision resnet50 eval (bf16 AMP, channels_last)",
-            "fw": "torch",
-            "batch": b,
-            "size": size,
-            "img_s": _median_rate(run_eval, b, args.steps, args.windows),
-        }
-    )
-    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-    for r in rows:
-        r["device"] = name
-    return rows
 
 
 # ----------------------------------------------------------------------------------------------- driver
