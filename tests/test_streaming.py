@@ -243,3 +243,25 @@ print(next(it)["image"].shape)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "(8, 8, 8, 3)" in out.stdout
     assert "Traceback" not in out.stderr and "Exception ignored" not in out.stderr, out.stderr[-2000:]
+
+
+def test_releasing_shared_memory_never_waits_long_on_grains_unlink_thread(monkeypatch):
+    # At interpreter exit grain's unlink pool may take the task and never run it: bench/throughput.py
+    # hung there once. A pool whose only thread stays busy for 3 s stands in for it.
+    from multiprocessing.pool import ThreadPool
+
+    from grain._src.python.ipc import shared_memory_array
+
+    from train.data import grain_processes
+
+    pool, busy = ThreadPool(1), threading.Event()
+    pool.apply_async(busy.wait)
+    threading.Timer(3.0, busy.set).start()
+    monkeypatch.setattr(shared_memory_array.SharedMemoryArray, "_del_thread_pool", pool, raising=False)
+    monkeypatch.setattr(grain_processes, "UNLINK_WAIT_S", 0.5)
+    t0 = time.monotonic()
+    grain_processes.release_shared_memory()
+    assert time.monotonic() - t0 < 2.0
+    busy.set()
+    pool.close()
+    pool.join()

@@ -28,6 +28,9 @@ from grain._src.python.ipc import shared_memory_array  # private: where grain qu
 
 # How often a worker looks for its parent: a SIGKILLed run's workers are gone within this.
 _PARENT_POLL_S = 0.5
+# The longest wait for grain's unlinking thread: at interpreter exit its pool may accept the task and
+# never run it (its thread already stopped), and an unbounded wait hung the exiting process.
+UNLINK_WAIT_S = 10.0
 
 
 def ensure_absl_flags_parsed() -> None:
@@ -64,4 +67,5 @@ def release_shared_memory() -> None:
     pool = getattr(shared_memory_array.SharedMemoryArray, "_del_thread_pool", None)
     if pool is not None:
         with contextlib.suppress(ValueError):  # the pool already stopped (interpreter exit)
-            pool.apply(int)  # one thread, first in first out: every unlink queued before has run
+            # One thread, first in first out: once this runs, every unlink queued before it has run.
+            pool.apply_async(int).wait(UNLINK_WAIT_S)
