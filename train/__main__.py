@@ -108,7 +108,7 @@ def main(argv: list[str]) -> None:
     # DataError: an image that cannot be read outside the loop (which adds how to resume): while caching
     # features before anything is written, or in a finished run's evaluation.
     try:
-        with signals.quit_on_signal():
+        with signals.quit_on_signal(multi_host=jax.process_count() > 1):
             result = train.train_and_evaluate(config, FLAGS.workdir)
     except signals.Interrupted as e:
         print(f"stopped: {e}", file=sys.stderr, flush=True)

@@ -27,8 +27,14 @@ class Interrupted(Exception):
 
 
 @contextlib.contextmanager
-def quit_on_signal():
-    """SIGTERM and SIGINT raise Interrupted while the run prepares (StopRequest takes over in the loop)."""
+def quit_on_signal(multi_host: bool = False):
+    """SIGTERM and SIGINT raise Interrupted while the run prepares (StopRequest takes over in the loop).
+
+    Args:
+      multi_host: several processes (jax.distributed): SIGTERM is left to JAX's preemption notifier,
+        which makes every process stop at the same step; taking it here would end one process alone and
+        leave the others waiting in a collective.
+    """
 
     def handle(signum: int, frame: object) -> None:
         raise Interrupted(
@@ -38,7 +44,7 @@ def quit_on_signal():
         )
 
     previous = {}
-    for sig in STOP_SIGNALS:
+    for sig in (signal.SIGINT,) if multi_host else STOP_SIGNALS:
         with contextlib.suppress(ValueError):  # outside the main thread signals cannot be caught
             previous[sig] = signal.signal(sig, handle)
     try:
