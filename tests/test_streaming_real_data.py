@@ -25,6 +25,7 @@ from resnet_jax.checkpoint import (
     read_meta,
 )
 from train import programs, steps, train
+from train.data import sources as data_sources
 from train.data import streaming
 from train.data.image_folder import image_folder_sources
 from train.metrics import read_metrics
@@ -65,7 +66,7 @@ def _streaming_accuracy(workdir: str, sources) -> float:
         step=meta["step"], apply_fn=model_from_meta(meta).apply, tx=None, opt_state=None, **variables
     )
     spec = meta["preprocess"]
-    eval_fn = train.make_eval_fn(mesh, jnp.asarray(spec["mean"]), jnp.asarray(spec["std"]))
+    eval_fn = programs.image_eval(mesh, jnp.asarray(spec["mean"]), jnp.asarray(spec["std"]))
     with streaming.StreamingPipeline(
         *sources,
         mesh=mesh,
@@ -88,11 +89,11 @@ def test_in_memory_checkpoint_scores_the_same_through_the_streaming_path(in_memo
     assert result["test_accuracy"] > 0.15, "80 steps should learn something (150 steps: 0.32)"
     if source == "folder":
         root = request.getfixturevalue("cifar_folder")
-        sources = image_folder_sources(os.path.join(root, "train"), os.path.join(root, "test"))
+        pair = image_folder_sources(os.path.join(root, "train"), os.path.join(root, "test"))
     else:
-        sources = sources.tfds_sources("cifar10", request.getfixturevalue("cifar_array_record"))
+        pair = data_sources.tfds_sources("cifar10", request.getfixturevalue("cifar_array_record"))
     start = time.perf_counter()
-    accuracy = _streaming_accuracy(workdir, sources)
+    accuracy = _streaming_accuracy(workdir, pair)
     seconds = time.perf_counter() - start
     print(f"{source}: {accuracy:.4f} vs in-memory {result['test_accuracy']:.4f} ({seconds:.0f} s)")
     assert accuracy == pytest.approx(result["test_accuracy"], abs=0.001)
