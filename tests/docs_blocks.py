@@ -39,6 +39,7 @@ BENCH_SHORT = {
     "dispatch.py": ("--steps", "2", "--rounds", "1"),
     "finetune_cache.py": ("--backbone_steps", "2", "--finetune_epochs", "0.01"),
     "xla_flags.py": ("--smoke",),
+    "folder_check.py": ("--threads", "2", "--repeats", "1"),
 }
 # Appended to `python -m pytest` commands: the selection is checked (paths, marker expressions), not run
 # (the suite inside itself).
